@@ -1,0 +1,255 @@
+"""Typed configs: dataclasses that round-trip through YAML and reject unknown keys with a suggestion.
+
+A typo such as ``optim.lerning_rate`` must fail loudly before training starts, not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from facelab.errors import FacelabError
+
+T = TypeVar("T")
+
+
+@dataclass
+class SplitConfig:
+    """How identities and images are divided; the result is frozen into a manifest for evaluation to reuse."""
+
+    seed: int = 0
+    #: identities held out entirely for open-set evaluation (a count, or a fraction if < 1)
+    open_identities: float = 0.25
+    #: images of every training identity held out for closed-set evaluation
+    closed_images_per_identity: int = 2
+    #: identities with fewer images are dropped (and counted) instead of raising an error; 0 = strict
+    min_images_per_identity: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    input_size: int = 112
+    batch_size: int = 64
+    num_workers: int = 0
+    #: decode every image once up front (fast epochs, finds every corrupt file before training)
+    cache_images: bool = False
+    #: light augmentation: random crop scale range, horizontal flip, colour jitter strength
+    crop_scale: tuple[float, float] = (0.85, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.2
+    #: per-channel normalisation applied after scaling pixels to [0, 1]
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    embedding_dim: int = 512
+    #: channels of the first stage; later stages double it (ResNet) or scale it (others)
+    width: int = 64
+    #: dropout before the embedding layer
+    dropout: float = 0.0
+    #: extra keyword arguments for the chosen backbone
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    name: str = "arcface"
+    #: extra keyword arguments for the chosen loss (e.g. scale, margin, label_smoothing)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 20
+    warmup_epochs: float = 1.0
+    #: final learning rate as a fraction of ``lr`` at the end of the cosine schedule
+    min_lr_ratio: float = 0.0
+    #: clip the global gradient norm (0 = off)
+    grad_clip: float = 5.0
+
+
+@dataclass
+class EvalConfig:
+    flip_tta: bool = True
+    far_targets: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
+    batch_size: int = 128
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    out_dir: str = "runs/facelab"
+    device: str = "auto"
+    #: CPU threads for torch (0 = torch's default)
+    threads: int = 0
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except FacelabError as exc:
+                errors.append(str(exc))
+        raise FacelabError(errors[0] if errors else f"config key '{where}': invalid value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise FacelabError(f"config key '{where}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise FacelabError(f"config key '{where}': expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FacelabError(f"config key '{where}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise FacelabError(f"config key '{where}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise FacelabError(f"config key '{where}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise FacelabError(f"config key '{where}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise FacelabError(f"config key '{where}': expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FacelabError(f"config section '{where or 'root'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise FacelabError(f"unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) so it serialises to YAML/JSON and loads with ``weights_only``."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, list | tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FacelabError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FacelabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FacelabError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) onto a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise FacelabError(f"override '{item}' must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FacelabError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _merge(data, load_yaml(path))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(TrainConfig, data)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    from facelab.utils.io import atomic_open
+
+    with atomic_open(path, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)

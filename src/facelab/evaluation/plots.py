@@ -1,0 +1,88 @@
+"""PNG reports a person would rather look at than a table: ROC with operating points, score histograms,
+training curves. Each figure has a JSON of the same numbers beside it (written by the caller)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from facelab.evaluation.metrics import Roc
+from facelab.utils.io import atomic_open
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_roc(roc: Roc, report: dict, path: str | Path, title: str = "ROC (open set, unseen identities)") -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    floor = 0.5 / roc.negatives
+    ax.plot(np.maximum(roc.fpr, floor), roc.tpr, lw=2, label=f"AUC {report['roc_auc']:.4f}")
+    for op in report["tar_at_far"]:
+        if op["reliable"]:
+            ax.plot(max(op["far"], floor), op["tar"], "o", ms=5)
+            ax.annotate(f"TAR {op['tar']:.3f} @ FAR {op['far_target']:g}", (max(op["far"], floor), op["tar"]),
+                        textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.axvline(report["eer"], color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (log)")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"{title}\nEER {report['eer']:.4f}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, Path(path))
+
+
+def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 50) -> dict:
+    edges = np.linspace(min(-1.0, float(scores.min())), max(1.0, float(scores.max())), bins + 1)
+    return {
+        "edges": edges.tolist(),
+        "genuine": np.histogram(scores[labels], edges)[0].tolist(),
+        "impostor": np.histogram(scores[~labels], edges)[0].tolist(),
+    }
+
+
+def plot_histogram(hist: dict, thresholds: dict[str, float], path: str | Path,
+                   title: str = "cosine scores of unseen-identity pairs") -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    edges = np.asarray(hist["edges"])
+    width = np.diff(edges)
+    for key, colour in (("impostor", "tab:red"), ("genuine", "tab:green")):
+        counts = np.asarray(hist[key], dtype=float)
+        dens = counts / max(counts.sum(), 1) / width
+        ax.bar(edges[:-1], dens, width=width, align="edge", alpha=0.5, color=colour,
+               label=f"{key} ({int(counts.sum())})")
+    for name, thr in thresholds.items():
+        if np.isfinite(thr):
+            ax.axvline(thr, ls="--", lw=1, color="black")
+            ax.annotate(name, (thr, ax.get_ylim()[1] * 0.9), rotation=90, fontsize=8, ha="right")
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, Path(path))
+
+
+def plot_training_curves(history: list[dict], path: str | Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss", color="tab:blue")
+    if any(h.get("train_acc") is not None for h in history):
+        ax2 = ax1.twinx()
+        ax2.plot(epochs, [h.get("train_acc") for h in history], color="tab:orange", label="train accuracy")
+        ax2.set_ylabel("train accuracy", color="tab:orange")
+        ax2.set_ylim(0, 1.01)
+    ax1.set_title("training")
+    ax1.grid(True, alpha=0.3)
+    _save(fig, Path(path))

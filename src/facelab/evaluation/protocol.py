@@ -1,0 +1,146 @@
+"""``facelab eval``: score a trained run on the split it was trained with.
+
+* closed set: top-1/top-5 classification of held-out images of training identities;
+* open set 1:1: every pair of images of the unseen identities, cosine score, ROC AUC / EER / TAR@FAR;
+* open set 1:N: rank-1 identification of unseen identities against a one-image-per-identity gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facelab.config import TrainConfig, from_dict
+from facelab.data import FaceDataset, SplitManifest, eval_transform
+from facelab.engine.checkpoint import load_checkpoint
+from facelab.engine.trainer import build_model_and_loss, resolve_device
+from facelab.errors import FacelabError
+from facelab.evaluation.embed import extract_embeddings
+from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
+from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
+from facelab.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """One randomly chosen (seeded) gallery image per identity; every other image is a probe."""
+    rng = random.Random(seed)
+    gallery_idx = []
+    for ident in np.unique(labels):
+        gallery_idx.append(rng.choice(np.nonzero(labels == ident)[0].tolist()))
+    gallery_idx = np.array(sorted(gallery_idx))
+    probe_mask = np.ones(len(labels), bool)
+    probe_mask[gallery_idx] = False
+    if not probe_mask.any():
+        raise FacelabError("rank-1 identification needs at least 2 images of some unseen identity")
+    sims = normalize(emb[probe_mask]) @ normalize(emb[gallery_idx]).T
+    predicted = labels[gallery_idx][np.argmax(sims, axis=1)]
+    return {"rank1": float(np.mean(predicted == labels[probe_mask])), "gallery": len(gallery_idx),
+            "probes": int(probe_mask.sum())}
+
+
+def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
+             device: str | None = None, flip: bool | None = None, quiet: bool = False) -> dict[str, Any]:
+    state = load_checkpoint(run)
+    cfg = from_dict(TrainConfig, state["config"])
+    manifest = SplitManifest.from_dict(state["manifest"])
+    root = data_root or cfg.data.root
+    if not Path(root).is_dir():
+        raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
+    out = Path(out_dir) if out_dir else Path(run if Path(run).is_dir() else Path(run).parent)
+    dev = resolve_device(device or cfg.device)
+    backbone, loss_fn = build_model_and_loss(cfg, manifest.num_classes)
+    backbone.load_state_dict(state["model"])
+    loss_fn.load_state_dict(state["loss"])
+    backbone.to(dev).eval()
+    loss_fn.to(dev).eval()
+    use_flip = cfg.eval.flip_tta if flip is None else flip
+    tf = eval_transform(cfg.data)
+
+    def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
+        ds = FaceDataset(root, items, cfg.data.input_size, tf)
+        return extract_embeddings(backbone, ds, cfg.eval.batch_size, use_flip, dev, desc, not quiet)
+
+    metrics: dict[str, Any] = {
+        "run": str(run),
+        "epochs": int(state["epoch"]),
+        "backbone": cfg.model.backbone,
+        "loss": cfg.loss.name,
+        "flip_tta": use_flip,
+        "score": "cosine",
+    }
+    if manifest.closed_test:
+        emb = embed(manifest.closed_test, "closed set")
+        labels = np.array([y for _, y in manifest.closed_test])
+        with torch.no_grad():
+            logits = loss_fn.logits(torch.from_numpy(emb).to(dev))
+        if logits is None:  # metric loss: nearest class centre of the training embeddings
+            train_emb = normalize(embed(manifest.train, "class centres"))
+            train_y = np.array([y for _, y in manifest.train])
+            centres = normalize(np.stack([train_emb[train_y == c].mean(0) for c in range(manifest.num_classes)]))
+            scores = normalize(emb) @ centres.T
+        else:
+            scores = logits.float().cpu().numpy()
+        metrics["closed_set"] = {"images": len(labels), "classes": manifest.num_classes,
+                                 **topk_accuracy(scores, labels)}
+    if manifest.open_test:
+        emb = normalize(embed(manifest.open_test, "open set"))
+        labels = np.array([y for _, y in manifest.open_test])
+        scores, same = all_pairs(emb, labels)
+        report = verification_report(scores, same, cfg.eval.far_targets)
+        metrics["open_set"] = {
+            "identities": len(manifest.open_identities),
+            "images": len(labels),
+            "verification": report,
+            "identification": identification_rank1(emb, labels, manifest.seed),
+        }
+        roc = roc_curve(scores, same)
+        plot_roc(roc, report, out / "roc.png")
+        hist = score_histogram(scores, same)
+        thresholds = {"EER": report["eer_threshold"]}
+        thresholds.update({f"FAR {op['far_target']:g}": op["threshold"] for op in report["tar_at_far"]
+                           if op["reliable"]})
+        plot_histogram(hist, thresholds, out / "scores_hist.png")
+        keep = np.unique(np.linspace(0, len(roc.fpr) - 1, min(len(roc.fpr), 2000)).astype(int))
+        write_json(out / "roc.json", {
+            "score": "cosine",
+            "fpr": roc.fpr[keep].tolist(),
+            "tpr": roc.tpr[keep].tolist(),
+            "thresholds": [float(t) if np.isfinite(t) else None for t in roc.thresholds[keep]],
+            "histogram": hist,
+            "histogram_thresholds": thresholds,
+        })
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    rows = []
+    if "closed_set" in metrics:
+        c = metrics["closed_set"]
+        rows.append(("closed set", f"{c['classes']} identities, {c['images']} held-out images", ""))
+        rows.append(("", "top-1 accuracy", f"{c['top1']:.4f}"))
+        rows.append(("", "top-5 accuracy", f"{c['top5']:.4f}"))
+    if "open_set" in metrics:
+        o = metrics["open_set"]
+        v = o["verification"]
+        rows.append(("open set", f"{o['identities']} unseen identities, {o['images']} images", ""))
+        rows.append(("", "pairs (genuine / impostor)", f"{v['pairs']['genuine']} / {v['pairs']['impostor']}"))
+        rows.append(("", "verification ROC AUC", f"{v['roc_auc']:.4f}"))
+        rows.append(("", "EER", f"{v['eer']:.4f} (threshold {v['eer_threshold']:.3f})"))
+        for op in v["tar_at_far"]:
+            note = "" if op["reliable"] else " (too few impostor pairs)"
+            rows.append(("", f"TAR @ FAR={op['far_target']:g}",
+                         f"{op['tar']:.4f} (threshold {op['threshold']:.3f}){note}"))
+        ident = o["identification"]
+        rows.append(("", f"rank-1 identification ({ident['gallery']} gallery, {ident['probes']} probes)",
+                     f"{ident['rank1']:.4f}"))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
