@@ -38,6 +38,10 @@ class DataConfig:
     root: str = ""
     input_size: int = 112
     batch_size: int = 64
+    #: how batches are drawn: "random" (shuffle) or another registered sampler (see facelab.data.sampler)
+    sampler: str = "random"
+    #: extra keyword arguments for the sampler
+    sampler_options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     #: decode every image once up front (fast epochs, finds every corrupt file before training)
     cache_images: bool = False

@@ -23,17 +23,25 @@ def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def param_groups(backbone: nn.Module, loss: nn.Module) -> list[dict]:
-    """Backbone and loss (class weights, centres) in separate groups so each can get its own settings later."""
+def param_groups(backbone: nn.Module, loss: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Backbone and loss parameters (class weights, centres) in separate groups.
+
+    A loss may define ``optimizer_groups(cfg) -> list[dict]`` (e.g. centre loss: its own learning rate); otherwise
+    all its parameters form one group with the optimizer's defaults.
+    """
     groups = [{"params": [p for p in backbone.parameters() if p.requires_grad], "name": "backbone"}]
-    loss_params = [p for p in loss.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "name": "loss"})
+    custom = getattr(loss, "optimizer_groups", None)
+    if custom is not None:
+        groups.extend(custom(cfg))
+    else:
+        loss_params = [p for p in loss.parameters() if p.requires_grad]
+        if loss_params:
+            groups.append({"params": loss_params, "name": "loss"})
     return groups
 
 
 def build_optimizer(backbone: nn.Module, loss: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS.build(cfg.name, groups=param_groups(backbone, loss), cfg=cfg)
+    return OPTIMIZERS.build(cfg.name, groups=param_groups(backbone, loss, cfg), cfg=cfg)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):

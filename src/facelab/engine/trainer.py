@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
+from facelab.data.sampler import build_batch_sampler
 from facelab.engine.checkpoint import load_checkpoint, save_checkpoint
 from facelab.engine.optim import build_optimizer, build_scheduler
 from facelab.errors import FacelabError
@@ -111,14 +112,15 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
     loss_fn.to(device)
     dataset = FaceDataset(cfg.data.root, manifest.train, cfg.data.input_size, train_transform(cfg.data),
                           cache=cfg.data.cache_images)
-    batch_size = min(cfg.data.batch_size, len(dataset))
-    if batch_size < 2:
+    if len(dataset) < 2:
         raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(dataset)}")
     generator = torch.Generator()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, generator=generator,
+    batch_sampler = build_batch_sampler(dataset.labels, cfg.data, generator)
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.data.num_workers,
                         persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
     steps = len(loader)
+    if steps == 0:
+        raise FacelabError(f"sampler '{cfg.data.sampler}' yields no batch from {len(dataset)} training images")
     optimizer = build_optimizer(backbone, loss_fn, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
     history: list[dict[str, Any]] = []
@@ -134,6 +136,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
     _say(f"model: {cfg.model.backbone} ({count_parameters(backbone) / 1e6:.2f}M parameters), "
          f"loss: {cfg.loss.name}, device: {device}, {cfg.optim.epochs} epochs x {steps} steps", quiet)
 
+    batch_size = len(next(iter(batch_sampler)))
     total = cfg.optim.epochs * steps * batch_size
     bar = tqdm(total=total, initial=start_epoch * steps * batch_size, unit="img", unit_scale=True,
                desc="train", disable=quiet, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)

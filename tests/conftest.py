@@ -1,0 +1,36 @@
+"""Shared fixtures. Real faces come from ../shared/data beside the repo (as in CI); tests needing them skip without."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
+
+
+@pytest.fixture(scope="session")
+def orl_root() -> Path:
+    """The ORL faces (40 identities x 10 PGM images); the bundled copy when ../shared is absent."""
+    root = SHARED_DATA / "att_faces"
+    return root if root.is_dir() else BUNDLED_ORL
+
+
+@pytest.fixture(scope="session")
+def lfw_root() -> Path:
+    root = SHARED_DATA / "lfw_deepfunneled"
+    if not root.is_dir():
+        pytest.skip("../shared/data/lfw_deepfunneled not present")
+    return root
+
+
+@pytest.fixture()
+def small_faces(tmp_path: Path, orl_root: Path) -> Path:
+    """A writable copy of 8 ORL identities (10 images each) to add stray or broken files to."""
+    root = tmp_path / "faces"
+    for ident in sorted(p.name for p in orl_root.iterdir() if p.is_dir())[:8]:
+        shutil.copytree(orl_root / ident, root / ident)
+    return root
