@@ -28,8 +28,8 @@ from facelab.data.sampler import build_batch_sampler
 from facelab.engine.checkpoint import load_checkpoint, save_checkpoint
 from facelab.engine.optim import build_optimizer, build_scheduler
 from facelab.errors import FacelabError
-from facelab.losses import FaceLoss, build_loss
-from facelab.models import Backbone, build_backbone, count_parameters
+from facelab.losses import LOSSES, FaceLoss, build_loss
+from facelab.models import BACKBONES, Backbone, build_backbone, count_parameters
 from facelab.utils.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
     device = resolve_device(cfg.device)
     if not cfg.data.root:
         raise FacelabError("no data folder given: set data.root in the config or pass --data")
+    BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
+    LOSSES.get(cfg.loss.name)
     if state is None:
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
         if folder.report.summary():

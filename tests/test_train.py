@@ -1,0 +1,164 @@
+"""Training end to end on real faces: checkpoints, exact resume, kill -9 recovery, clear failures."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facelab.config import TrainConfig, load_config
+from facelab.engine import load_checkpoint, save_checkpoint, train
+from facelab.errors import FacelabError
+from facelab.evaluation.protocol import evaluate, format_table
+
+TINY = [
+    "data.input_size=64", "data.batch_size=16", "data.cache_images=true", "model.width=8",
+    "model.embedding_dim=32", "loss.options.scale=16", "optim.epochs=3", "threads=1",
+    "data.split.open_identities=2",
+]
+
+
+def tiny_config(root: Path, out: Path, *extra: str) -> TrainConfig:
+    return load_config(None, [*TINY, f"data.root={root}", f"out_dir={out}", *extra])
+
+
+def epochs_logged(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_reproduces_an_uninterrupted_run(small_faces: Path, tmp_path: Path) -> None:
+    straight = train(tiny_config(small_faces, tmp_path / "a"), quiet=True)
+    cfg = tiny_config(small_faces, tmp_path / "b")
+    first = train(cfg, quiet=True, stop_after_epochs=1)
+    assert [h["epoch"] for h in first.history] == [1]
+    resumed = train(cfg, resume=True, quiet=True)
+    assert epochs_logged(tmp_path / "b") == [1, 2, 3]
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert (tmp_path / "b" / "training_curves.png").stat().st_size > 0
+
+
+def test_refuses_to_overwrite_a_run(small_faces: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(small_faces, tmp_path / "r", "optim.epochs=1")
+    train(cfg, quiet=True)
+    with pytest.raises(FacelabError, match="already exists: pass --resume"):
+        train(cfg, quiet=True)
+
+
+def test_nan_loss_is_a_clear_error_and_writes_no_checkpoint(small_faces: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(small_faces, tmp_path / "nan", "optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_epochs=0",
+                      "loss.name=softmax", "loss.options={}")
+    with pytest.raises(FacelabError, match=r"loss became (nan|inf) at epoch 1 step \d+"):
+        train(cfg, quiet=True)
+    leftovers = [p.name for p in (tmp_path / "nan").iterdir()]
+    assert "checkpoint.pt" not in leftovers and not [n for n in leftovers if n.endswith(".tmp")]
+
+
+def test_checkpoint_round_trip_and_unsafe_files(tmp_path: Path) -> None:
+    state = {"epoch": 2, "config": {"a": [1, 2]}, "manifest": {}, "model": {"w": torch.randn(3, 2)}, "loss": {},
+             "optimizer": {}, "scheduler": {}, "history": [{"epoch": 1, "loss": 0.5, "train_acc": None}]}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["history"] == state["history"]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+    class Evil:
+        def __reduce__(self):  # would run a shell command if unpickled
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "facelab-checkpoint", "x": Evil()}))
+    with pytest.raises(FacelabError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FacelabError, match=r"cannot read checkpoint .*cut\.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(FacelabError, match="not a facelab checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FacelabError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_orl(orl_root: Path, tmp_path: Path) -> None:
+    """A few epochs on the real ORL faces with the demo protocol; every report file is written."""
+    cfg = tiny_config(orl_root, tmp_path / "orl", "data.split.open_identities=10", "model.width=16",
+                      "optim.epochs=4", "data.batch_size=32")
+    result = train(cfg, quiet=True)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    m = evaluate(result.out_dir, quiet=True)
+    assert m["closed_set"]["images"] == 60 and m["closed_set"]["classes"] == 30
+    v = m["open_set"]["verification"]
+    assert v["pairs"] == {"genuine": 450, "impostor": 4500}
+    assert 0.5 < v["roc_auc"] <= 1.0  # well above chance after a few epochs
+    assert m["closed_set"]["top1"] > 1 / 30 * 3
+    for name in ("metrics.json", "roc.png", "roc.json", "scores_hist.png", "split.json", "config.yaml"):
+        assert (result.out_dir / name).stat().st_size > 0, name
+    assert json.loads((result.out_dir / "metrics.json").read_text())["open_set"]["verification"]["roc_auc"] == \
+        v["roc_auc"]
+    assert "verification ROC AUC" in format_table(m)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "facelab", *args]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_loses_no_epoch(small_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    args = ["train", "--data", str(small_faces), "--out", str(run), "--epochs", "5", "--quiet",
+            *[x for kv in TINY if not kv.startswith("optim.epochs") for x in ("--set", kv)]]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "checkpoint.pt").exists() and load_checkpoint(run)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(run)["epoch"]
+    assert 2 <= done < 5, "the run should have been killed mid-way"
+    out = subprocess.run(_cli("train", "--resume", "--out", str(run), "--quiet"), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert load_checkpoint(run)["epoch"] == 5
+    assert epochs_logged(run) == [1, 2, 3, 4, 5]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("model:\n  backbon: resnet18\n")
+    out = subprocess.run(_cli("train", "--config", str(tmp_path / "bad.yaml")), capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "facelab: error: unknown config key 'model.backbon' (did you mean 'backbone'?)"
+    out = subprocess.run(_cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")),
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().startswith("facelab: error: data folder not found")
+    assert len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run(_cli("eval", str(tmp_path / "o")), capture_output=True, text=True)
+    assert out.returncode == 2 and "checkpoint not found" in out.stderr
+    out = subprocess.run(_cli("train", "--data", ".", "--backbone", "resnet19", "--out", str(tmp_path / "p")),
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in out.stderr
+
+
+def test_every_cli_option_has_help() -> None:
+    from facelab.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest}"
