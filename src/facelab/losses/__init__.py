@@ -1,7 +1,43 @@
-"""Losses: one call ``loss(embeddings, labels)`` for every loss, built by name from the registry."""
+"""Losses: one call ``loss(embeddings, labels)`` for every loss, built by name from the registry.
 
-from facelab.losses import classification  # noqa: F401  (register losses)
+Registered names: softmax, normface (classification.py); sphereface, cosface, arcface, combined (margins.py);
+triplet, contrastive, center (metric.py); joint (joint.py).
+"""
+
 from facelab.losses.base import LOSSES, FaceLoss, LossOutput, build_loss
-from facelab.losses.classification import ArcFace, CosineClassifier, SoftmaxCE
+from facelab.losses.classification import CosineClassifier, SoftmaxCE
+from facelab.losses.joint import JointLoss
+from facelab.losses.margins import ArcFace, CombinedMargin, CosFace, SphereFace, angular_psi
+from facelab.losses.metric import (
+    DISTANCES,
+    MINERS,
+    CenterLoss,
+    ContrastiveLoss,
+    TripletLoss,
+    mine_batch_all,
+    mine_batch_hard,
+    mine_semi_hard,
+)
 
-__all__ = ["LOSSES", "ArcFace", "CosineClassifier", "FaceLoss", "LossOutput", "SoftmaxCE", "build_loss"]
+__all__ = [
+    "DISTANCES",
+    "LOSSES",
+    "MINERS",
+    "ArcFace",
+    "CenterLoss",
+    "CombinedMargin",
+    "ContrastiveLoss",
+    "CosFace",
+    "CosineClassifier",
+    "FaceLoss",
+    "JointLoss",
+    "LossOutput",
+    "SoftmaxCE",
+    "SphereFace",
+    "TripletLoss",
+    "angular_psi",
+    "build_loss",
+    "mine_batch_all",
+    "mine_batch_hard",
+    "mine_semi_hard",
+]

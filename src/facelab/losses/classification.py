@@ -1,30 +1,37 @@
-"""Classifier losses: softmax cross-entropy and the additive angular margin (ArcFace)."""
+"""Classifier losses: softmax cross-entropy and the normalised (cosine) softmax that every margin head builds on."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelab.errors import FacelabError
-from facelab.losses.base import LOSSES, FaceLoss, LossOutput
+from facelab.losses.base import FaceLoss, LossOutput, at_least_fp32, check_option, register_loss
+
+
+def _check_smoothing(label_smoothing: float) -> None:
+    check_option(0.0 <= label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)", label_smoothing)
 
 
 class SoftmaxCE(FaceLoss):
-    """Linear classifier + cross-entropy, with optional label smoothing (Szegedy et al., 2016)."""
+    """Linear classifier + cross-entropy, with optional label smoothing (Szegedy et al., 2016).
+
+    The classifier runs in float32 even under autocast: half-precision logits over thousands of classes lose the
+    small differences the softmax is trained on.
+    """
 
     def __init__(self, embedding_dim: int, num_classes: int, label_smoothing: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise FacelabError(f"loss.options.label_smoothing must be in [0, 1), got {label_smoothing}")
+        _check_smoothing(label_smoothing)
         self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = float(label_smoothing)
         self.fc = nn.Linear(embedding_dim, num_classes, bias=bias)
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.fc(embeddings.float())
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = at_least_fp32(embeddings)
+            bias = None if self.fc.bias is None else self.fc.bias.to(x.dtype)
+            return F.linear(x, self.fc.weight.to(x.dtype), bias)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         logits = self.logits(embeddings)
@@ -33,10 +40,11 @@ class SoftmaxCE(FaceLoss):
 
 
 class CosineClassifier(FaceLoss):
-    """Shared core of the normalised-softmax family: cosine logits between unit embeddings and unit class weights.
+    """NormFace (Wang et al., 2017): logits ``s * cos(theta_j)`` between unit embeddings and unit class weights.
 
-    Cosines are computed in float32 even under autocast and clamped away from +-1 so that margins built on
-    ``acos``/``sqrt`` never produce NaN or infinite gradients.
+    Shared core of the margin family: subclasses change only ``target_logit`` (the target class's cosine) and, for
+    SphereFace, ``logit_scale``. Cosines are computed in float32 even under autocast and clamped away from +-1 so that
+    margins built on ``acos``/``sqrt`` never produce NaN or infinite gradients.
     """
 
     eps = 1e-7
@@ -44,21 +52,26 @@ class CosineClassifier(FaceLoss):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if scale <= 0:
-            raise FacelabError(f"loss.options.scale must be positive, got {scale}")
+        check_option(scale > 0, "scale", "must be positive", scale)
+        _check_smoothing(label_smoothing)
         self.num_classes = num_classes
         self.scale = float(scale)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = float(label_smoothing)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.normal_(self.weight, std=0.01)
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            cos = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+            x = at_least_fp32(embeddings)
+            cos = F.normalize(x, dim=1) @ F.normalize(self.weight.to(x.dtype), dim=1).t()
         return cos.clamp(-1 + self.eps, 1 - self.eps)
 
+    def logit_scale(self, embeddings: torch.Tensor) -> torch.Tensor | float:
+        """Multiplier turning cosines into logits: the fixed ``s`` of NormFace/CosFace/ArcFace."""
+        return self.scale
+
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.cosine(embeddings)
+        return self.logit_scale(embeddings) * self.cosine(embeddings)
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         """Margin applied to the target-class cosine; identity here (NormFace)."""
@@ -69,43 +82,10 @@ class CosineClassifier(FaceLoss):
         cos = self.cosine(embeddings)
         target = cos.gather(1, labels[:, None])
         adjusted = cos.scatter(1, labels[:, None], self.target_logit(target))
-        loss = F.cross_entropy(self.scale * adjusted, labels, label_smoothing=self.label_smoothing)
-        return LossOutput(loss, (self.scale * cos).detach())
+        scale = self.logit_scale(embeddings)
+        loss = F.cross_entropy(scale * adjusted, labels, label_smoothing=self.label_smoothing)
+        return LossOutput(loss, (scale * cos).detach())
 
 
-class ArcFace(CosineClassifier):
-    """Additive angular margin: the target logit is ``s * cos(theta + m)`` (Deng et al., 2019), ``m`` in radians.
-
-    When ``theta + m > pi`` the cosine would start rising again (penalising less as the sample gets worse), so past
-    that point the target logit continues linearly as ``cos(theta) - m * sin(m)``, which keeps it monotonic.
-    """
-
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.5,
-                 label_smoothing: float = 0.0) -> None:
-        super().__init__(embedding_dim, num_classes, scale, label_smoothing)
-        if not 0.0 <= margin < math.pi / 2:
-            raise FacelabError(f"loss.options.margin is in radians and must be in [0, pi/2), got {margin}")
-        self.margin = float(margin)
-        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
-        self.threshold = math.cos(math.pi - margin)  # cos(theta) below this means theta + m > pi
-        self.fallback = math.sin(math.pi - margin) * margin
-
-    def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        sin = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(self.eps))
-        phi = cos_target * self.cos_m - sin * self.sin_m
-        return torch.where(cos_target > self.threshold, phi, cos_target - self.fallback)
-
-
-@LOSSES.register("softmax")
-def _softmax(embedding_dim: int, num_classes: int, **kw: float) -> SoftmaxCE:
-    return SoftmaxCE(embedding_dim, num_classes, **kw)  # type: ignore[arg-type]
-
-
-@LOSSES.register("normface")
-def _normface(embedding_dim: int, num_classes: int, **kw: float) -> CosineClassifier:
-    return CosineClassifier(embedding_dim, num_classes, **kw)
-
-
-@LOSSES.register("arcface")
-def _arcface(embedding_dim: int, num_classes: int, **kw: float) -> ArcFace:
-    return ArcFace(embedding_dim, num_classes, **kw)
+register_loss("softmax", SoftmaxCE)
+register_loss("normface", CosineClassifier)
