@@ -63,6 +63,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the backbones with parameters and MACs; compare convolution costs",
+                       description="List every registered backbone with its parameter count and multiply-accumulates "
+                       "(conv + linear, per image) at an input size, counted on the real modules. With --conv, "
+                       "compare a standard and a depthwise-separable convolution instead.")
+    p.add_argument("--input-size", type=int, default=112, help="square input side in pixels (default 112)")
+    p.add_argument("--embedding-dim", type=int, default=512, help="embedding size (default 512)")
+    p.add_argument("--width", type=int, default=64, help="width (64 = the papers' channel counts; default 64)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option for every row, e.g. --set norm=group (repeatable)")
+    p.add_argument("--conv", nargs="+", metavar="KEY=N",
+                   help="compare standard vs depthwise-separable convolution: in=M out=N k=K hw=SIDE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('facelab').__version__}")
@@ -70,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
+    _add_models(sub)
     return parser
 
 
@@ -118,7 +133,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo}
+def _cmd_models(args: argparse.Namespace) -> int:
+    from facelab.config import apply_overrides
+    from facelab.models.summary import compare_conv, conv_table, models_table, parse_conv_spec
+
+    if args.conv:
+        print(conv_table(compare_conv(**parse_conv_spec(args.conv))))
+    else:
+        options = apply_overrides({}, args.options)
+        print(models_table(args.input_size, args.embedding_dim, args.width, options))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "models": _cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

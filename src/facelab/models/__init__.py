@@ -1,6 +1,18 @@
-"""Models: backbones registered by name, each ending in a BatchNorm'd embedding head."""
+"""Models: backbones registered by name, each ending in a BatchNorm'd embedding head.
 
-from facelab.models import mobilefacenet, resnet  # noqa: F401  (register backbones)
+Importing this package registers every backbone module below; ``facelab models`` lists them with their costs.
+"""
+
+from facelab.models import (  # noqa: F401  (register backbones)
+    alexnet,
+    inception,
+    lenet,
+    mobilefacenet,
+    mobilenet_v1,
+    mobilenet_v2,
+    resnet,
+    vgg,
+)
 from facelab.models.base import BACKBONES, Backbone, build_backbone, count_parameters
 
 __all__ = ["BACKBONES", "Backbone", "build_backbone", "count_parameters"]

@@ -1,4 +1,9 @@
-"""The backbone registry and the contract every backbone keeps."""
+"""The backbone registry and the contract every backbone keeps.
+
+A backbone is ``features`` (a conv stack) + an optional DropBlock on its last map + an embedding ``head``. Options
+common to all of them (``norm``, ``head``, ``dropout``, ``drop_block``, ``drop_block_size``) are handled here once;
+each backbone module only describes its feature stack.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from torch import nn
 
 from facelab.config import ModelConfig
 from facelab.errors import FacelabError
+from facelab.models.blocks.dropblock import make_drop_block
+from facelab.models.blocks.heads import build_head
+from facelab.models.blocks.norm import NormFactory, norm_factory
 from facelab.registry import Registry
 
 #: name -> ``fn(embedding_dim, width, dropout, input_size, **options) -> Backbone``
@@ -15,16 +23,48 @@ BACKBONES: Registry[nn.Module] = Registry("backbone")
 MIN_INPUT = 32
 
 
+def scaled(channels: int, width: int, floor: int = 8) -> int:
+    """Channels of a paper's layer at ``width`` (64 = the paper's network), never below ``floor``."""
+    return max(floor, round(channels * width / 64))
+
+
 class Backbone(nn.Module):
-    """Image batch (B, 3, H, W) -> embedding (B, embedding_dim). Subclasses set ``features`` and ``head``."""
+    """Image batch (B, 3, H, W) -> embedding (B, embedding_dim).
+
+    Subclasses call ``super().__init__(**common)``, build their feature stack with ``self.norm_layer`` and hand it to
+    ``self._finish``. ``min_input_size`` is the smallest input side a backbone accepts: 64 (the promise every
+    backbone keeps) unless it is known to work on smaller faces.
+    """
 
     embedding_dim: int
     input_size: int
     features: nn.Module
     head: nn.Module
+    min_input_size: int = 64
+    default_head: str = "gap"
+
+    def __init__(self, embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0, norm: str = "batch",
+                 head: str | None = None, drop_block: float = 0.0, drop_block_size: int = 3) -> None:
+        super().__init__()
+        if input_size < self.min_input_size:
+            raise FacelabError(f"{type(self).__name__} needs input_size >= {self.min_input_size}, got {input_size}")
+        if not 0.0 <= drop_block < 1.0:
+            raise FacelabError(f"model.options.drop_block must be in [0, 1), got {drop_block}")
+        self.embedding_dim, self.input_size = embedding_dim, input_size
+        self.norm_layer: NormFactory = norm_factory(norm)
+        self._head_kind, self._dropout = head or self.default_head, dropout
+        self._drop_block = (drop_block, drop_block_size)
+
+    def _finish(self, features: nn.Module, **head_options: object) -> None:
+        """Attach ``features``, the DropBlock and a head sized by a dry run (so no backbone computes shapes by hand)."""
+        self.features = features
+        self.drop_block = make_drop_block(*self._drop_block)
+        channels, spatial = self.feature_shape(self.input_size)
+        self.head = build_head(self._head_kind, channels, spatial, self.embedding_dim, self.norm_layer,
+                               self._dropout, **head_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.drop_block(self.features(x)))
 
     def feature_shape(self, input_size: int) -> tuple[int, int]:
         """(channels, spatial side) of ``features`` for a square input; found by a dry run, not by hand."""
