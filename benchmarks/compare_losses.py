@@ -6,7 +6,7 @@ differs between rows. Writes ``<out>/compare_losses.json`` and ``<out>/compare_l
 
     .venv/bin/python benchmarks/compare_losses.py --data ../shared/data/att_faces --set threads=1
 
-A run whose ``metrics.json`` already exists is reused, so an interrupted comparison continues where it stopped.
+A finished run (``<out>/<recipe>/bench.json``) is reused, so an interrupted comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ def run_one(recipe: Path, base: dict[str, Any], data: str, out: Path, overrides:
     done = run_dir / "bench.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if run_dir.exists():  # an unfinished run: start it again so the timing column covers a whole run
+        shutil.rmtree(run_dir)
     cfg = load_config(recipe, [f"data.root={data}", f"out_dir={run_dir}", *overrides], base=base)
     t0 = time.perf_counter()
     train(cfg, quiet=True)
