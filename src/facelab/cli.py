@@ -7,6 +7,8 @@ import logging
 import sys
 
 from facelab.errors import FacelabError
+from facelab.serving.commands import COMMANDS as SERVING_COMMANDS
+from facelab.serving.commands import add_parsers as add_serving_parsers
 
 DESCRIPTION = (
     "facelab: train and evaluate face recognition models on folders of faces laid out as ROOT/<identity>/<image>. "
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_demo(sub)
     _add_models(sub)
+    add_serving_parsers(sub)  # bundle, export, embed, verify, enroll, identify, gallery, serve
     return parser
 
 
@@ -146,6 +149,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "models": _cmd_models}
+COMMANDS.update(SERVING_COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,169 @@
+"""Export a bundle to ONNX or TorchScript, with a parity check against the bundle itself.
+
+The exported graph computes exactly what :meth:`Bundle.embed_tensors` computes -- backbone, flip TTA when the
+bundle uses it, L2 normalisation -- so embeddings from the export can be mixed with a gallery enrolled through
+facelab. Input: a normalised float32 batch (B, 3, S, S), RGB, preprocessed as the bundle metadata says (stored
+in the export too: ONNX ``metadata_props`` / a TorchScript extra file ``facelab.json``). The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.errors import FacelabError
+from facelab.registry import Registry
+from facelab.serving.bundle import Bundle
+from facelab.serving.extras import require
+from facelab.utils.io import atomic_open
+
+META_FILE = "facelab.json"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter chatter (TorchScript deprecation notices, tracer warnings): the parity check is the judge."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+class EmbeddingGraph(nn.Module):
+    """Backbone + optional flip TTA + L2 normalisation: the whole embedding in one traceable module."""
+
+    def __init__(self, backbone: nn.Module, flip: bool) -> None:
+        super().__init__()
+        self.backbone, self.flip = backbone.eval(), flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.backbone(x)
+        if self.flip:
+            emb = (emb + self.backbone(torch.flip(x, dims=[3]))) / 2
+        return nn.functional.normalize(emb, dim=1)
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """``write(graph, example, bundle, path)`` saves the export; ``load(path)`` returns ``fn(batch) -> embeddings``."""
+
+    suffix: str
+    write: Callable[[nn.Module, torch.Tensor, Bundle, Path], None]
+    load: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
+
+
+#: format name -> Exporter
+EXPORTERS: Registry[Exporter] = Registry("export format")
+
+
+def _write_onnx(graph: nn.Module, example: torch.Tensor, bundle: Bundle, path: Path) -> None:
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")  # the torch.export-based exporter needs it
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet():
+        program = torch.onnx.export(graph, (example,), input_names=["image"], output_names=["embedding"],
+                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    if program is None:
+        raise FacelabError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {"facelab": bundle.meta.to_json()})
+    onnx.checker.check_model(proto)
+    with atomic_open(path, "wb") as fh:
+        fh.write(proto.SerializeToString())
+
+
+def _load_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(["embedding"], {"image": np.ascontiguousarray(batch, np.float32)})[0]
+
+
+def _write_torchscript(graph: nn.Module, example: torch.Tensor, bundle: Bundle, path: Path) -> None:
+    buf = io.BytesIO()
+    with _quiet():
+        traced = torch.jit.trace(graph, example, check_trace=False)
+        torch.jit.save(traced, buf, _extra_files={META_FILE: bundle.meta.to_json()})
+    with atomic_open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+def _load_torchscript(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    with _quiet():
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return module(torch.from_numpy(np.ascontiguousarray(batch, np.float32))).numpy()
+
+    return run
+
+
+EXPORTERS.register("onnx")(lambda: Exporter(".onnx", _write_onnx, _load_onnx))
+EXPORTERS.register("torchscript")(lambda: Exporter(".pt", _write_torchscript, _load_torchscript))
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    path: Path
+    max_abs_diff: float
+    batch: int
+
+    def line(self) -> str:
+        return (f"{self.format}: {self.path} (parity vs torch on {self.batch} inputs: "
+                f"max abs diff {self.max_abs_diff:.2e})")
+
+
+def parity_batch(bundle: Bundle, images: Sequence[str | Path] = (), random: int = 4, seed: int = 0) -> torch.Tensor:
+    """Real preprocessed images (if given) plus a few seeded random inputs: both must agree after export."""
+    from facelab.serving.images import decode_image
+
+    size = bundle.meta.input_size
+    real = [bundle.preprocess(decode_image(p)) for p in images]
+    noise = torch.randn((random, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([torch.stack(real), noise]) if real else noise
+
+
+def export(bundle: Bundle, fmt: str, path: str | Path, images: Sequence[str | Path] = (),
+           tolerance: float = 1e-4) -> ExportResult:
+    """Write ``bundle`` as ``fmt``, reload it with its own runtime and compare with the bundle's embeddings.
+    A difference above ``tolerance`` is an error and the export is removed, so no file fails silently."""
+    exporter = EXPORTERS.build(fmt)
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / f"model{exporter.suffix}"
+    graph = EmbeddingGraph(bundle.model, bundle.meta.flip_tta)
+    example = torch.zeros((2, 3, bundle.meta.input_size, bundle.meta.input_size))
+    exporter.write(graph, example, bundle, path)
+    batch = parity_batch(bundle, images)
+    expected = bundle.embed_tensors(batch)
+    got = exporter.load(path)(batch.numpy())
+    diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not diff <= tolerance:
+        path.unlink(missing_ok=True)
+        raise FacelabError(f"{fmt} export disagrees with torch: max abs diff {diff:.3g} > {tolerance:g} "
+                           f"(output shape {got.shape}, expected {expected.shape}); export removed")
+    return ExportResult(fmt, path, diff, len(batch))
+
+
+def read_export_metadata(path: str | Path) -> dict[str, object]:
+    """The bundle metadata stored inside an ONNX or TorchScript export."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        onnx = require("onnx", "onnx")
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props["facelab"])
+    extra = {META_FILE: ""}
+    with _quiet():
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[META_FILE])

@@ -1,0 +1,80 @@
+// facelab web page: talks to the same-origin JSON API; all text is inserted with textContent (no HTML injection).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function show(id, text, isError) {
+  const out = $(id);
+  out.textContent = text;
+  out.className = isError ? "error" : "";
+}
+
+async function call(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return body;
+}
+
+async function refresh() {
+  try {
+    const health = await call("health");
+    $("health").textContent =
+      `model ${health.model_fingerprint.slice(0, 12)} | threshold ${health.threshold.toFixed(3)} | ` +
+      `${health.identities} identities, ${health.images} images`;
+    const rows = (await call("identities")).map((identity) => {
+      const tr = document.createElement("tr");
+      for (const value of [identity.name, identity.images]) {
+        const td = document.createElement("td");
+        td.textContent = String(value);
+        tr.appendChild(td);
+      }
+      return tr;
+    });
+    $("identities").replaceChildren(...rows);
+  } catch (err) {
+    $("health").textContent = `service unavailable (${err.message})`;
+  }
+}
+
+async function identify() {
+  const file = $("identify-file").files[0];
+  if (!file) return show("identify-result", "choose a photo first", true);
+  const form = new FormData();
+  form.append("image", file);
+  show("identify-result", "identifying...");
+  try {
+    const r = await call("identify", { method: "POST", body: form });
+    const lines = r.matches.map((m) => `${m.name}  ${m.score.toFixed(3)}`);
+    const nearest = r.nearest ? ` (nearest: ${r.nearest.name} ${r.nearest.score.toFixed(3)})` : "";
+    show("identify-result", r.known ? `identity: ${r.identity}\n${lines.join("\n")}` : `identity: unknown${nearest}`);
+  } catch (err) {
+    show("identify-result", err.message, true);
+  }
+}
+
+async function enroll() {
+  const files = $("enroll-files").files;
+  const name = $("enroll-name").value.trim();
+  if (!name || files.length === 0) return show("enroll-result", "enter a name and choose photos", true);
+  const form = new FormData();
+  form.append("name", name);
+  for (const file of files) form.append("images", file);
+  show("enroll-result", "enrolling...");
+  try {
+    const r = await call("enroll", {
+      method: "POST", body: form, headers: { Authorization: `Bearer ${$("token").value}` },
+    });
+    show("enroll-result", `enrolled ${r.name}: ${r.added} added, ${r.images} in total`);
+    await refresh();
+  } catch (err) {
+    show("enroll-result", err.message, true);
+  }
+}
+
+$("identify-button").addEventListener("click", identify);
+$("enroll-button").addEventListener("click", enroll);
+refresh();
