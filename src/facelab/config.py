@@ -86,6 +86,18 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     #: clip the global gradient norm (0 = off)
     grad_clip: float = 5.0
+    #: learning-rate schedule by name (see facelab.engine.optim.SCHEDULERS): cosine, step, poly, onecycle
+    scheduler: str = "cosine"
+    #: extra keyword arguments for the schedule (e.g. step: milestones, gamma; poly: power)
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
+    #: micro-batches of ``data.batch_size`` images per optimizer step (gradient accumulation)
+    accumulate: int = 1
+    #: decay of an exponential moving average of the backbone weights, evaluated instead of them (0 = off)
+    ema: float = 0.0
+    #: ramp the EMA decay up as min(ema, (1 + step) / (10 + step)) so early, random weights fade out quickly
+    ema_warmup: bool = True
+    #: exempt normalisation weights and all biases from weight decay
+    no_decay_norm_bias: bool = False
 
 
 @dataclass
@@ -96,12 +108,33 @@ class EvalConfig:
 
 
 @dataclass
+class EngineConfig:
+    """How the training loop runs (precision, memory layout, checkpoints, logging), not what it learns."""
+
+    #: autocast precision: off, bf16, fp16 (CUDA only, with loss scaling) or auto (bf16/fp16 on CUDA, off on CPU)
+    amp: str = "off"
+    #: NHWC memory layout for the backbone and images (faster convolutions on tensor cores)
+    channels_last: bool = False
+    #: wrap the backbone in torch.compile
+    compile: bool = False
+    #: SyncBatchNorm across processes (CUDA only)
+    sync_bn: bool = False
+    #: also checkpoint every N optimizer steps, so a kill loses at most N steps (0 = once per epoch only)
+    checkpoint_every_steps: int = 0
+    #: append loss, lr and img/s to steps.jsonl (and TensorBoard) every N optimizer steps (0 = off)
+    log_every_steps: int = 0
+    #: write TensorBoard event files to <out_dir>/tensorboard (needs the ``tb`` extra)
+    tensorboard: bool = False
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
     out_dir: str = "runs/facelab"
     device: str = "auto"

@@ -1,11 +1,16 @@
-"""``facelab train``: fit a backbone + loss on an identity folder, checkpointing every epoch so it can resume.
+"""``facelab train``: fit a backbone + loss on an identity folder, checkpointing so it can resume.
 
 Each epoch reseeds every RNG from ``(seed, epoch)``, so a run resumed after a kill reproduces, bit for bit on the
-same machine, the epochs an uninterrupted run would have produced.
+same machine, the epochs an uninterrupted run would have produced. Step checkpoints (``train.checkpoint_every_steps``)
+also store the random state and the position in the epoch, so a mid-epoch resume continues the same batches.
+
+Under ``torchrun`` each process trains on its slice of every global batch (``facelab.engine.distributed``) with
+PyTorch's DistributedDataParallel; rank 0 logs and writes merged checkpoints that resume on any number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,14 +24,29 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import facelab.losses.partial_fc  # noqa: F401  (registers loss "partial_fc")
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
 from facelab.data.sampler import build_batch_sampler
+from facelab.engine import distributed as D
+from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.checkpoint import load_checkpoint, save_checkpoint
+from facelab.engine.ema import ModelEMA
 from facelab.engine.optim import build_optimizer, build_scheduler
+from facelab.engine.state import (
+    gather_rng_states,
+    load_module_state,
+    load_optimizer_state,
+    merged_module_state,
+    merged_optimizer_state,
+    set_rng_state,
+    sharded_parameters,
+)
+from facelab.engine.tracking import StepLog, require_tensorboard
 from facelab.errors import FacelabError
 from facelab.losses import LOSSES, FaceLoss, build_loss
 from facelab.models import BACKBONES, Backbone, build_backbone, count_parameters
@@ -35,15 +55,18 @@ from facelab.utils.io import atomic_open, write_json
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``/``cuda`` pick GPU ``local_rank`` (torchrun's LOCAL_RANK) when CUDA is available."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise FacelabError(f"unknown device '{name}': {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FacelabError(f"device '{name}' requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
     return dev
 
 
@@ -72,109 +95,363 @@ def _say(msg: str, quiet: bool) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False,
-          stop_after_epochs: int | None = None) -> TrainResult:
+@dataclass
+class EpochTally:
+    """Running sums of one epoch (this rank's, plus the global sums restored from a mid-epoch checkpoint)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    no_accuracy: float = 0.0
+    seconds: float = 0.0
+
+    def as_list(self) -> list[float]:
+        return [self.loss_sum, self.correct, self.seen, self.no_accuracy]
+
+    @classmethod
+    def from_list(cls, values: list[float], seconds: float) -> EpochTally:
+        return cls(*values[:4], seconds=seconds)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.optim.accumulate < 1:
+        raise FacelabError(f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}")
+    if not 0.0 <= cfg.optim.ema < 1.0:
+        raise FacelabError(f"optim.ema is a decay in [0, 1) (0 = off), got {cfg.optim.ema}")
+    for key in ("checkpoint_every_steps", "log_every_steps"):
+        if getattr(cfg.train, key) < 0:
+            raise FacelabError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after_epochs: int | None = None,
+          stop_after_steps: int | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out_dir/checkpoint.pt``.
 
-    ``stop_after_epochs`` ends the process' work early (as a kill would) -- used by tests of resume.
+    ``stop_after_epochs`` / ``stop_after_steps`` end the process' work early, without a final checkpoint (as a
+    kill would) -- used by tests of resume. Under torchrun every process calls this; only rank 0 writes files.
     """
-    out = Path(cfg.out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    state: dict[str, Any] | None = None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        cfg = from_dict(TrainConfig, state["config"])
-        manifest = SplitManifest.from_dict(state["manifest"])
-        _say(f"resuming {ckpt_path} after epoch {state['epoch']} of {cfg.optim.epochs}", quiet)
-    elif ckpt_path.exists():
-        raise FacelabError(f"{ckpt_path} already exists: pass --resume to continue it or choose another --out")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    if not cfg.data.root:
-        raise FacelabError("no data folder given: set data.root in the config or pass --data")
-    BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
-    LOSSES.get(cfg.loss.name)
-    if state is None:
+    ctx = D.setup(resolve_device(cfg.device).type)
+    try:
+        return _Run(cfg, ctx, resume, quiet or not ctx.is_main).fit(stop_after_epochs, stop_after_steps)
+    finally:
+        D.teardown(ctx)
+
+
+class _Run:
+    """One training run in one process: built in ``__init__``, trained by ``fit``."""
+
+    def __init__(self, cfg: TrainConfig, ctx: D.DistContext, resume: bool, quiet: bool) -> None:
+        self.ctx, self.quiet = ctx, quiet
+        self.out = Path(cfg.out_dir)
+        self.ckpt_path = self.out / "checkpoint.pt"
+        state: dict[str, Any] | None = None
+        if resume:
+            state = load_checkpoint(self.ckpt_path)
+            cfg = from_dict(TrainConfig, state["config"])
+            self.say(f"resuming {self.ckpt_path} after epoch {state['epoch']} of {cfg.optim.epochs}"
+                     + (f" (+{state['batches_done']} batches)" if state.get("batches_done") else ""))
+        elif self.ckpt_path.exists():
+            raise FacelabError(f"{self.ckpt_path} already exists: pass --resume to continue it or choose another "
+                               f"--out")
+        self.cfg = cfg
+        _validate(cfg)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device, ctx.local_rank)
+        self.precision: Precision = resolve_precision(cfg.train.amp, self.device)
+        if not cfg.data.root:
+            raise FacelabError("no data folder given: set data.root in the config or pass --data")
+        BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
+        LOSSES.get(cfg.loss.name)
+        if cfg.train.tensorboard and ctx.is_main:
+            require_tensorboard()
+        if cfg.train.sync_bn and ctx.enabled and self.device.type != "cuda":
+            raise FacelabError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+        if state is not None:
+            manifest = SplitManifest.from_dict(state["manifest"])
+        else:
+            manifest = SplitManifest.from_dict(D.run_on_main(ctx, self._prepare_folder))
+        self.manifest = manifest
+        r = manifest.report
+        self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
+                 f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
+                 f"({r['open_test_images']} images)")
+        self._build()
+        self.state = state
+        if state is not None:
+            self._restore(state)
+        self.say(f"model: {cfg.model.backbone} ({count_parameters(self.backbone) / 1e6:.2f}M parameters), "
+                 f"loss: {cfg.loss.name}, device: {self.device}"
+                 + (f" x {ctx.world} processes" if ctx.enabled else "")
+                 + (f", amp {self.precision.name}" if self.precision.dtype is not None else "")
+                 + f", {cfg.optim.epochs} epochs x {self.steps} steps of {self.global_batch * cfg.optim.accumulate}"
+                 f" images")
+        memory = getattr(self.loss_fn, "memory_summary", None)
+        if memory is not None:
+            self.say(memory(self.global_batch, cfg.optim.name))
+
+    def say(self, msg: str) -> None:
+        _say(msg, self.quiet)
+
+    def _prepare_folder(self) -> dict[str, Any]:
+        cfg = self.cfg
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
         if folder.report.summary():
-            _say(f"data: {folder.report.summary()}", quiet)
+            self.say(f"data: {folder.report.summary()}")
         manifest = make_split(folder, cfg.data.split)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest.save(out / "split.json")
-        save_yaml(cfg, out / "config.yaml")
-    r = manifest.report
-    _say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
-         f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
-         f"({r['open_test_images']} images)", quiet)
+        self.out.mkdir(parents=True, exist_ok=True)
+        manifest.save(self.out / "split.json")
+        save_yaml(cfg, self.out / "config.yaml")
+        return manifest.to_dict()
 
-    seed_everything(cfg.seed)
-    backbone, loss_fn = build_model_and_loss(cfg, manifest.num_classes)
-    backbone.to(device)
-    loss_fn.to(device)
-    dataset = FaceDataset(cfg.data.root, manifest.train, cfg.data.input_size, train_transform(cfg.data),
-                          cache=cfg.data.cache_images)
-    if len(dataset) < 2:
-        raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(dataset)}")
-    generator = torch.Generator()
-    batch_sampler = build_batch_sampler(dataset.labels, cfg.data, generator)
-    loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
-    steps = len(loader)
-    if steps == 0:
-        raise FacelabError(f"sampler '{cfg.data.sampler}' yields no batch from {len(dataset)} training images")
-    optimizer = build_optimizer(backbone, loss_fn, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        backbone.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-    _rewrite_log(out / "metrics.jsonl", history)
-    _say(f"model: {cfg.model.backbone} ({count_parameters(backbone) / 1e6:.2f}M parameters), "
-         f"loss: {cfg.loss.name}, device: {device}, {cfg.optim.epochs} epochs x {steps} steps", quiet)
+    def _build(self) -> None:
+        cfg, ctx, device = self.cfg, self.ctx, self.device
+        seed_everything(cfg.seed)
+        backbone, loss_fn = build_model_and_loss(cfg, self.manifest.num_classes)
+        if cfg.train.sync_bn and ctx.enabled:
+            backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+        backbone.to(device)
+        loss_fn.to(device)
+        if cfg.train.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        self.backbone, self.loss_fn = backbone, loss_fn
+        self.sharded = list(sharded_parameters(loss_fn).values())
 
-    batch_size = len(next(iter(batch_sampler)))
-    total = cfg.optim.epochs * steps * batch_size
-    bar = tqdm(total=total, initial=start_epoch * steps * batch_size, unit="img", unit_scale=True,
-               desc="train", disable=quiet, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
-    t_start = time.perf_counter()
-    last = cfg.optim.epochs if stop_after_epochs is None else min(cfg.optim.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, last):
-        seed_everything(cfg.seed * 100_003 + epoch)
-        generator.manual_seed(cfg.seed * 100_003 + epoch)
-        stats = _train_epoch(backbone, loss_fn, loader, optimizer, scheduler, cfg, device, epoch, bar)
-        record = {"epoch": epoch + 1, **stats, "lr": optimizer.param_groups[0]["lr"]}
-        history.append(record)
-        save_checkpoint(ckpt_path, {
-            "epoch": epoch + 1,
-            "config": to_dict(cfg),
-            "manifest": manifest.to_dict(),
-            "model": backbone.state_dict(),
-            "loss": loss_fn.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "history": history,
-        })
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        acc = f" acc {stats['train_acc']:.3f}" if stats["train_acc"] is not None else ""
-        _say(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {stats['loss']:.4f}{acc} "
-             f"{stats['images_per_s']:.0f} img/s", quiet)
-    bar.close()
-    if len(dataset.failed):
-        _say(f"data: {len(dataset.failed)} image(s) failed to decode during training and were replaced: "
-             f"{', '.join(sorted(dataset.failed)[:5])}", quiet)
-    if len(history) == cfg.optim.epochs:
-        from facelab.evaluation.plots import plot_training_curves
+        self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
+                                   cache=cfg.data.cache_images)
+        if len(self.dataset) < 2:
+            raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
+        self.generator = torch.Generator()
+        base = build_batch_sampler(self.dataset.labels, cfg.data, self.generator)
+        first = next(iter(base), None)
+        if first is None:
+            raise FacelabError(f"sampler '{cfg.data.sampler}' yields no batch from {len(self.dataset)} training "
+                               f"images")
+        self.global_batch = len(first)
+        if self.global_batch % ctx.world or self.global_batch // ctx.world < 2:
+            raise FacelabError(f"a global batch of {self.global_batch} images cannot be split into {ctx.world} "
+                               f"equal slices of at least 2 (BatchNorm): make data.batch_size a multiple of "
+                               f"{ctx.world} and at least {2 * ctx.world}")
+        self.batch_sampler = D.ShardedBatchSampler(base, ctx.rank, ctx.world)
+        self.loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
+                                 persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
+        self.steps = len(self.loader) // cfg.optim.accumulate
+        if self.steps == 0:
+            raise FacelabError(f"an epoch has {len(self.loader)} batches, fewer than optim.accumulate="
+                               f"{cfg.optim.accumulate}")
 
-        plot_training_curves(history, out / "training_curves.png")
-        write_json(out / "training_curves.json", history)
-    return TrainResult(out, ckpt_path, history, time.perf_counter() - t_start)
+        self.optimizer = build_optimizer(backbone, loss_fn, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps)
+        self.scaler = self.precision.grad_scaler(device)
+        self.ema = ModelEMA(backbone, cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 and ctx.is_main \
+            else None
+        self.replicated = [p for g in self.optimizer.param_groups for p in g["params"]
+                           if all(p is not s for s in self.sharded)]
+
+        self.model: nn.Module = backbone
+        self.loss_module: nn.Module = loss_fn
+        self.ddp: list[DistributedDataParallel] = []
+        if ctx.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(backbone, device_ids=ids)
+            self.ddp.append(self.model)  # type: ignore[arg-type]
+            if not self.sharded and any(p.requires_grad for p in loss_fn.parameters()):
+                self.loss_module = DistributedDataParallel(loss_fn, device_ids=ids)
+                self.ddp.append(self.loss_module)  # type: ignore[arg-type]
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.global_step, self.batches_done = 0, 0, 0
+        self.partial: dict[str, Any] | None = None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.backbone.load_state_dict(state.get("train_model", state["model"]))
+        load_module_state(self.loss_fn, state["loss"])
+        load_optimizer_state(self.optimizer, self.loss_fn, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if "train_model" in state:
+                self.ema.load(state["model"], int(state.get("ema_updates", 0)))
+            else:  # EMA switched on for a run that had none: start averaging from the current weights
+                self.ema.load(self.backbone.state_dict(), 0)
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state.get("step", self.start_epoch * self.steps))
+        self.batches_done = int(state.get("batches_done", 0))
+        self.partial = state.get("partial")
+
+    def _checkpoint(self, epoch_done: int, batches_done: int, partial: dict[str, Any] | None) -> None:
+        """Collective: every rank calls it, rank 0 writes the merged file atomically."""
+        loss_state = merged_module_state(self.loss_fn, self.ctx)
+        opt_state = merged_optimizer_state(self.optimizer, self.loss_fn, self.ctx)
+        rng = gather_rng_states(self.ctx, self.device)
+        if not self.ctx.is_main:
+            return
+        state: dict[str, Any] = {
+            "epoch": epoch_done,
+            "step": self.global_step,
+            "batches_done": batches_done,
+            "partial": partial,
+            "world_size": self.ctx.world,
+            "rng": rng,
+            "config": to_dict(self.cfg),
+            "manifest": self.manifest.to_dict(),
+            "model": self.backbone.state_dict(),
+            "loss": loss_state,
+            "optimizer": opt_state,
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+        }
+        if self.ema is not None:  # evaluation reads "model": give it the average, keep the raw weights to resume
+            state.update(model=self.ema.state_dict(), train_model=self.backbone.state_dict(),
+                         ema_updates=self.ema.updates)
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        save_checkpoint(self.ckpt_path, state)
+
+    def fit(self, stop_after_epochs: int | None, stop_after_steps: int | None) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
+        k = cfg.optim.accumulate
+        per_epoch = self.steps * k  # micro-batches used per epoch (a remainder short of ``k`` is skipped)
+        tracker = None
+        if ctx.is_main:
+            _rewrite_log(self.out / "metrics.jsonl", self.history)
+            tracker = StepLog(self.out, cfg.train.log_every_steps, cfg.train.tensorboard,
+                              self.global_step if self.state is not None else None)
+        slice_images = self.global_batch // ctx.world
+        bar = tqdm(total=cfg.optim.epochs * per_epoch * self.global_batch,
+                   initial=(self.start_epoch * per_epoch + self.batches_done) * self.global_batch, unit="img",
+                   unit_scale=True, desc="train", disable=self.quiet, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10)
+        t_start = time.perf_counter()
+        last = cfg.optim.epochs if stop_after_epochs is None else min(cfg.optim.epochs,
+                                                                       self.start_epoch + stop_after_epochs)
+        steps_run = 0
+        window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+        for epoch in range(self.start_epoch, last):
+            epoch_seed = cfg.seed * 100_003 + epoch
+            seed_everything(epoch_seed + ctx.rank * 1_000_003)  # augmentations differ per rank; rank 0 as before
+            self.generator.manual_seed(epoch_seed)  # the same global batches on every rank
+            skip = self.batches_done if epoch == self.start_epoch else 0
+            tally = EpochTally()
+            if skip and self.partial is not None and ctx.is_main:
+                tally = EpochTally.from_list(self.partial["sums"], self.partial["seconds"])
+            self.batch_sampler.skip = skip
+            self.backbone.train()
+            self.loss_fn.train()
+            batches = iter(self.loader)
+            rng = (self.state or {}).get("rng")
+            if skip and rng is not None and len(rng) == ctx.world:
+                set_rng_state(rng[ctx.rank], self.device)  # after the loader drew its seed: exact continuation
+            t0 = time.perf_counter() - tally.seconds
+            for micro in range(skip, per_epoch):
+                images, labels = next(batches)
+                out = self._forward_backward(images, labels, sync=(micro + 1) % k == 0, epoch=epoch, micro=micro)
+                n = labels.numel()
+                tally.loss_sum += out[0] * n
+                tally.seen += n
+                if out[1] is None:
+                    tally.no_accuracy += n
+                else:
+                    tally.correct += out[1]
+                window["loss"] += out[0] * n
+                window["n"] += n
+                bar.update(slice_images * ctx.world)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{tally.loss_sum / tally.seen:.3f}", refresh=False)
+                if (micro + 1) % k:
+                    continue
+                self._optimizer_step()
+                steps_run += 1
+                if tracker is not None and tracker.due(self.global_step):
+                    dt = time.perf_counter() - window["t"]
+                    tracker.step(self.global_step, {
+                        "epoch": epoch + 1, "loss": window["loss"] / max(window["n"], 1),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "images_per_s": window["n"] * ctx.world / dt if dt > 0 else math.nan})
+                    window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+                every = cfg.train.checkpoint_every_steps
+                if every and self.global_step % every == 0 and micro + 1 < per_epoch:
+                    sums = D.all_reduce_sum(ctx, tally.as_list(), self.device)
+                    self._checkpoint(epoch, micro + 1, {"sums": sums, "seconds": time.perf_counter() - t0})
+                if stop_after_steps is not None and steps_run >= stop_after_steps:
+                    bar.close()
+                    if tracker is not None:
+                        tracker.close()
+                    return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)
+            self.batches_done, self.partial = 0, None
+            dt = time.perf_counter() - t0
+            loss_sum, correct, seen, no_acc = D.all_reduce_sum(ctx, tally.as_list(), self.device)
+            record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+                      "train_acc": correct / seen if no_acc == 0 and seen else None,
+                      "images_per_s": seen / dt if dt > 0 else math.nan, "seconds": dt,
+                      "lr": self.optimizer.param_groups[0]["lr"]}
+            self.history.append(record)
+            self._checkpoint(epoch + 1, 0, None)
+            if tracker is not None:
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                tracker.epoch(self.global_step, record)
+            acc = f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else ""
+            self.say(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {record['loss']:.4f}{acc} "
+                     f"{record['images_per_s']:.0f} img/s")
+        bar.close()
+        if tracker is not None:
+            tracker.close()
+        if len(self.dataset.failed):
+            self.say(f"data: {len(self.dataset.failed)} image(s) failed to decode during training and were replaced: "
+                     f"{', '.join(sorted(self.dataset.failed)[:5])}")
+        if len(self.history) == cfg.optim.epochs and ctx.is_main:
+            from facelab.evaluation.plots import plot_training_curves
+
+            plot_training_curves(self.history, self.out / "training_curves.png")
+            write_json(self.out / "training_curves.json", self.history)
+        return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool, epoch: int,
+                          micro: int) -> tuple[float, int | None]:
+        """One micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an accumulation."""
+        images = images.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for ddp in self.ddp:
+                    stack.enter_context(ddp.no_sync())
+            with self.precision.autocast(self.device):
+                out = self.loss_module(self.model(images), labels)
+            loss_value = out.loss.item()
+            everywhere = D.all_reduce_sum(self.ctx, [loss_value], self.device)[0] if self.ctx.enabled else loss_value
+            if not math.isfinite(everywhere):
+                raise FacelabError(
+                    f"loss became {loss_value if not math.isfinite(loss_value) else 'nan on another process'} at "
+                    f"epoch {epoch + 1} step {micro + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); the last "
+                    f"good checkpoint is kept -- lower optim.lr or set optim.grad_clip")
+            loss = out.loss / self.cfg.optim.accumulate if self.cfg.optim.accumulate > 1 else out.loss
+            self.scaler.scale(loss).backward()
+        predictions = getattr(out, "predictions", None)
+        if predictions is None and out.logits is not None:
+            predictions = out.logits.argmax(1)
+        correct = None if predictions is None else int((predictions == labels).sum())
+        return loss_value, correct
+
+    def _optimizer_step(self) -> None:
+        if self.scaler.is_enabled():
+            if self.sharded and self.ctx.enabled:
+                D.agree_on_overflow(self.sharded, self.ctx)
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.grad_clip > 0:
+            D.clip_grad_norm(self.replicated, self.sharded, self.cfg.optim.grad_clip, self.ctx)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.backbone)
 
 
 def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -183,46 +460,3 @@ def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
     with atomic_open(path, "w") as fh:
         for rec in history:
             fh.write(json.dumps(rec) + "\n")
-
-
-def _train_epoch(backbone: nn.Module, loss_fn: FaceLoss, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, device: torch.device,
-                 epoch: int, bar: tqdm) -> dict[str, Any]:
-    backbone.train()
-    loss_fn.train()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    total_loss, correct, seen = 0.0, 0, 0
-    has_logits = True
-    t0 = time.perf_counter()
-    for step, (images, labels) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        out = loss_fn(backbone(images), labels)
-        if not torch.isfinite(out.loss):
-            raise FacelabError(
-                f"loss became {out.loss.item()} at epoch {epoch + 1} step {step + 1} "
-                f"(lr {optimizer.param_groups[0]['lr']:.3g}); the last good checkpoint is kept -- "
-                f"lower optim.lr or set optim.grad_clip"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        n = labels.numel()
-        total_loss += out.loss.item() * n
-        seen += n
-        if out.logits is not None:
-            correct += int((out.logits.argmax(1) == labels).sum())
-        else:
-            has_logits = False
-        bar.update(n)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.3f}", refresh=False)
-    dt = time.perf_counter() - t0
-    return {
-        "loss": total_loss / max(seen, 1),
-        "train_acc": correct / seen if has_logits and seen else None,
-        "images_per_s": seen / dt if dt > 0 else math.nan,
-        "seconds": dt,
-    }

@@ -1,0 +1,70 @@
+"""Step-level training logs on rank 0: ``steps.jsonl`` always, TensorBoard when ``train.tensorboard`` is on.
+
+Both are cut back to the checkpoint's step on resume (TensorBoard's ``purge_step``), so a killed-and-resumed run
+shows one clean curve instead of the lost steps twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from facelab.errors import FacelabError
+from facelab.utils.io import atomic_open
+
+TB_MISSING = "train.tensorboard needs the tensorboard package: pip install 'facelab[tb]' (or pip install tensorboard)"
+
+
+def require_tensorboard() -> type:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FacelabError(TB_MISSING) from None
+    return SummaryWriter
+
+
+class StepLog:
+    def __init__(self, out: Path, every: int, tensorboard: bool, resume_step: int | None) -> None:
+        self.every = every
+        self.path = out / "steps.jsonl"
+        self.writer = None
+        if tensorboard:
+            writer_cls = require_tensorboard()
+            self.writer = writer_cls(str(out / "tensorboard"), purge_step=resume_step)
+        if every <= 0:
+            return
+        kept = []
+        if resume_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if rec.get("step", 0) <= resume_step:
+                    kept.append(line)
+        with atomic_open(self.path, "w") as fh:
+            fh.writelines(line + "\n" for line in kept)
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def step(self, step: int, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **record}) + "\n")
+        self._scalars("train", step, record)
+
+    def epoch(self, step: int, record: dict[str, Any]) -> None:
+        self._scalars("epoch", step, record)
+
+    def _scalars(self, prefix: str, step: int, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
