@@ -7,9 +7,67 @@ and higher scores mean "more alike".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from facelab.registry import Registry
+
+#: FAR operating points every verification report lists (unreliable ones are flagged, not hidden)
+DEFAULT_FAR_TARGETS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+@dataclass(frozen=True)
+class ScoreType:
+    """How two embeddings are compared. ``pairwise(a, b)`` scores row i of ``a`` with row i of ``b`` and
+    ``matrix(a, b)`` every row of ``a`` with every row of ``b``; both are oriented "higher = more alike" so every
+    metric here works unchanged. ``sign`` maps that score back to the unit a user reads (-1 for distances), so
+    reports state thresholds in the score's own unit together with ``accept``."""
+
+    name: str
+    pairwise: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    matrix: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    sign: float
+    accept: str
+
+    def native(self, oriented: float) -> float:
+        """A threshold in the score's own unit (a distance for ``squared_l2``)."""
+        return float(self.sign * oriented)
+
+    def oriented(self, native: float) -> float:
+        return float(self.sign * native)
+
+
+SCORE_TYPES: Registry[ScoreType] = Registry("score type")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _unit(a) @ _unit(b).T
+
+
+def _neg_sql2_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ua, ub = _unit(a), _unit(b)
+    d = (ua**2).sum(1)[:, None] + (ub**2).sum(1)[None, :] - 2.0 * ua @ ub.T
+    return -np.maximum(d, 0.0)
+
+
+_COSINE = ScoreType("cosine", lambda a, b: (_unit(a) * _unit(b)).sum(-1), _cosine_matrix, 1.0,
+                    "cosine similarity >= threshold")
+# squared L2 distance of unit vectors (= 2 - 2 cos, the FaceNet convention), negated internally
+_SQL2 = ScoreType("squared_l2", lambda a, b: -((_unit(a) - _unit(b)) ** 2).sum(-1), _neg_sql2_matrix, -1.0,
+                  "squared L2 distance of unit embeddings <= threshold")
+SCORE_TYPES.register("cosine")(lambda: _COSINE)
+SCORE_TYPES.register("squared_l2")(lambda: _SQL2)
+
+
+def score_type(name: str) -> ScoreType:
+    return SCORE_TYPES.build(name)
 
 
 @dataclass
@@ -89,11 +147,22 @@ def best_accuracy(roc: Roc) -> tuple[float, float]:
     return float(correct[i] / (roc.positives + roc.negatives)), float(roc.thresholds[i])
 
 
-def verification_report(scores: np.ndarray, labels: np.ndarray, far_targets: tuple[float, ...]) -> dict:
+def native_thresholds(report: dict, native: Callable[[float], float]) -> dict:
+    """``report`` (from :func:`verification_report`) with every threshold mapped to a score's own unit."""
+    out = {**report, "eer_threshold": native(report["eer_threshold"]),
+           "best_accuracy_threshold": native(report["best_accuracy_threshold"])}
+    out["tar_at_far"] = [{**op, "threshold": native(op["threshold"])} for op in report["tar_at_far"]]
+    return out
+
+
+def verification_report(scores: np.ndarray, labels: np.ndarray, far_targets: tuple[float, ...],
+                        score: str | None = None) -> dict:
+    """ROC AUC, EER, best accuracy and TAR@FAR of oriented ``scores``. With ``score`` (a score-type name) the
+    report states it and gives every threshold in that score's own unit (a distance for ``squared_l2``)."""
     roc = roc_curve(scores, labels)
     rate, eer_thr = eer(roc)
     acc, acc_thr = best_accuracy(roc)
-    return {
+    report = {
         "pairs": {"genuine": roc.positives, "impostor": roc.negatives},
         "roc_auc": auc(roc),
         "eer": rate,
@@ -102,6 +171,10 @@ def verification_report(scores: np.ndarray, labels: np.ndarray, far_targets: tup
         "best_accuracy_threshold": acc_thr,
         "tar_at_far": [asdict(tar_at_far(roc, f)) for f in far_targets],
     }
+    if score is None:
+        return report
+    st = score_type(score)
+    return {"score": score, "accept": st.accept, **native_thresholds(report, st.native)}
 
 
 def all_pairs(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

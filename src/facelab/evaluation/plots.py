@@ -52,7 +52,7 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 50) -> d
 
 
 def plot_histogram(hist: dict, thresholds: dict[str, float], path: str | Path,
-                   title: str = "cosine scores of unseen-identity pairs") -> None:
+                   title: str = "cosine scores of unseen-identity pairs", xlabel: str = "cosine similarity") -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     edges = np.asarray(hist["edges"])
     width = np.diff(edges)
@@ -65,10 +65,48 @@ def plot_histogram(hist: dict, thresholds: dict[str, float], path: str | Path,
         if np.isfinite(thr):
             ax.axvline(thr, ls="--", lw=1, color="black")
             ax.annotate(name, (thr, ax.get_ylim()[1] * 0.9), rotation=90, fontsize=8, ha="right")
-    ax.set_xlabel("cosine similarity")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
+    _save(fig, Path(path))
+
+
+def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str,
+             xlabel: str = "false match rate (FMR)", ylabel: str = "false non-match rate (FNMR)") -> None:
+    """Detection error trade-off on log-log axes: one (false positive rate, false negative rate) curve per name.
+    Zero rates are drawn at half the smallest measurable rate so the curve does not vanish off the axis."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    lo = 1.0
+    for name, (fp, fn) in curves.items():
+        fp, fn = np.asarray(fp, float), np.asarray(fn, float)
+        floor = 0.5 * min([v for v in (*fp[fp > 0], *fn[fn > 0])] or [1e-3])
+        lo = min(lo, floor)
+        ax.plot(np.maximum(fp, floor), np.maximum(fn, floor), lw=2, label=name)
+    ax.plot([lo, 1], [lo, 1], color="grey", ls=":", lw=1, label="EER line")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    _save(fig, Path(path))
+
+
+def plot_cmc(cmc: list[float], path: str | Path, title: str = "CMC (closed-set identification)") -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    ranks = np.arange(1, len(cmc) + 1)
+    ax.plot(ranks, cmc, "o-", lw=2, ms=4)
+    ax.annotate(f"rank-1 {cmc[0]:.3f}", (1, cmc[0]), textcoords="offset points", xytext=(8, -12), fontsize=8)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_ylim(0, 1.01)
+    ax.set_xlim(0.5, len(cmc) + 0.5)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     _save(fig, Path(path))
 
 

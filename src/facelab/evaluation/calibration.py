@@ -1,0 +1,226 @@
+"""Pick an accept threshold on a dev split and save it with the model (``thresholds.json`` beside the checkpoint).
+
+"Which threshold?" has no model-independent answer: it depends on the score type and on the error rate the
+application tolerates. Calibration makes that choice explicit -- a target FAR (1:1) or FPIR (1:N), or the best
+accuracy -- records what was achieved on how much data, and ties it to the model's fingerprint so a threshold is
+never applied to a different model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facelab.errors import FacelabError
+from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
+from facelab.evaluation.identification import (
+    Searches,
+    best_open_set_accuracy,
+    fnir,
+    folder_items,
+    fpir,
+    open_set_accuracy,
+    search,
+    threshold_at_fpir,
+)
+from facelab.evaluation.metrics import best_accuracy, eer, roc_curve, score_type, tar_at_far
+from facelab.evaluation.pairs import read_pairs
+from facelab.registry import Registry
+from facelab.utils.io import write_json
+
+THRESHOLDS_FILE = "thresholds.json"
+FORMAT, VERSION = "facelab-thresholds", 1
+
+#: objective -> ``fn(scores, labels, target) -> oriented threshold`` for 1:1 verification
+VERIFICATION_OBJECTIVES: Registry[float] = Registry("verification calibration objective")
+#: objective -> ``fn(searches, target) -> oriented threshold`` for open-set 1:N identification
+IDENTIFICATION_OBJECTIVES: Registry[float] = Registry("identification calibration objective")
+
+
+def _need_target(objective: str, target: float | None) -> float:
+    if target is None or not 0 < target < 1:
+        raise FacelabError(f"calibration objective '{objective}' needs a target rate in (0, 1), got {target}")
+    return float(target)
+
+
+VERIFICATION_OBJECTIVES.register("far")(
+    lambda scores, labels, target: tar_at_far(roc_curve(scores, labels), _need_target("far", target)).threshold)
+VERIFICATION_OBJECTIVES.register("accuracy")(lambda scores, labels, target: best_accuracy(roc_curve(scores, labels))[1])
+VERIFICATION_OBJECTIVES.register("eer")(lambda scores, labels, target: eer(roc_curve(scores, labels))[1])
+IDENTIFICATION_OBJECTIVES.register("fpir")(lambda s, target: threshold_at_fpir(s, _need_target("fpir", target)))
+IDENTIFICATION_OBJECTIVES.register("open_set_accuracy")(lambda s, target: best_open_set_accuracy(s)[1])
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def calibrate_threshold(scores: np.ndarray, labels: np.ndarray, objective: str = "far", target: float | None = 1e-3,
+                        score: str = "cosine") -> dict[str, Any]:
+    """1:1 threshold from dev pairs (oriented ``scores``, higher = alike). The result states the score type, the
+    rule, the threshold in the score's own unit and the FAR/TAR/accuracy it achieved on these pairs."""
+    fn: Callable[..., float] = VERIFICATION_OBJECTIVES.get(objective)
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    thr = fn(scores, labels, target)
+    st = score_type(score)
+    accept = scores >= thr
+    genuine, impostor = int(labels.sum()), int((~labels).sum())
+    far = float(accept[~labels].mean())
+    return {
+        "task": "verification", "score": score, "accept": st.accept, "objective": objective,
+        "target": target if objective == "far" else None, "threshold": _finite(st.native(thr)),
+        "achieved": {"far": far, "tar": float(accept[labels].mean()), "accuracy": float((accept == labels).mean())},
+        "pairs": {"genuine": genuine, "impostor": impostor},
+        "reliable": objective != "far" or impostor * float(target or 0) >= 1,
+    }
+
+
+def calibrate_open_set(searches: Searches, objective: str = "fpir", target: float | None = 1e-2,
+                       score: str = "cosine") -> dict[str, Any]:
+    """Open-set 1:N threshold from dev searches: a target FPIR, or the best open-set accuracy."""
+    fn: Callable[..., float] = IDENTIFICATION_OBJECTIVES.get(objective)
+    if not searches.mated.any() or searches.mated.all():
+        raise FacelabError("open-set calibration needs both mated and non-mated dev probes")
+    thr = fn(searches, target)
+    st = score_type(score)
+    miss = fnir(searches, thr)
+    non = int((~searches.mated).sum())
+    return {
+        "task": "identification", "score": score, "accept": st.accept, "objective": objective,
+        "target": target if objective == "fpir" else None, "threshold": _finite(st.native(thr)),
+        "achieved": {"fpir": fpir(searches, thr), "fnir": miss, "dir": 1 - miss,
+                     "open_set_accuracy": open_set_accuracy(searches, thr)},
+        "searches": {"mated": int(searches.mated.sum()), "non_mated": non},
+        "reliable": objective != "fpir" or non * float(target or 0) >= 1,
+    }
+
+
+def save_thresholds(run_dir: str | Path, entries: list[dict[str, Any]], fingerprint: str,
+                    dev: str = "") -> Path:
+    """Write (merge) calibrated thresholds into ``RUN/thresholds.json``, one entry per task. Entries of another
+    model fingerprint are dropped: they belong to weights that no longer exist."""
+    path = Path(run_dir) / THRESHOLDS_FILE
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model_fingerprint": fingerprint, "tasks": {}}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("model_fingerprint") == fingerprint:
+            doc["tasks"] = dict(old.get("tasks", {}))
+    for e in entries:
+        doc["tasks"][e["task"]] = {**e, "dev": dev, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(path, doc)
+    return path
+
+
+def load_thresholds(run_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """The tasks of ``RUN/thresholds.json`` ({} if none); refuses thresholds calibrated for other weights."""
+    path = Path(run_dir) / THRESHOLDS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FacelabError(f"{path} is not valid JSON: {exc}") from None
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise FacelabError(f"{path} is not a facelab thresholds file (version {VERSION})")
+    if fingerprint is not None and doc.get("model_fingerprint") != fingerprint:
+        raise FacelabError(f"{path} was calibrated for other model weights; run `facelab calibrate` again")
+    return dict(doc.get("tasks", {}))
+
+
+def calibrated_threshold(run_dir: str | Path, task: str, score: str, fingerprint: str | None = None) -> float | None:
+    """The saved native threshold for ``task`` if it was calibrated with ``score``, else None."""
+    entry = load_thresholds(run_dir, fingerprint).get(task)
+    if entry is None or entry.get("score") != score or entry.get("threshold") is None:
+        return None
+    return float(entry["threshold"])
+
+
+def dev_searches_from_identities(emb: np.ndarray, labels: list[str], score: str = "cosine") -> Searches:
+    """Open-set dev searches from images of identities: every other identity (sorted) is enrolled with its first
+    image and searched with the rest (mated); the other identities' images are all non-mated searches."""
+    names = sorted(set(labels))
+    enrolled = set(names[::2])
+    gallery_idx: list[int] = []
+    probe_idx: list[int] = []
+    seen: set[str] = set()
+    for i, name in enumerate(labels):
+        if name in enrolled and name not in seen:
+            seen.add(name)
+            gallery_idx.append(i)
+        else:
+            probe_idx.append(i)
+    return search(emb[probe_idx], [labels[i] for i in probe_idx], emb[gallery_idx], [labels[i] for i in gallery_idx],
+                  score)
+
+
+def calibrate_run(run: str | Path | LoadedRun, *, pairs: str | Path | None = None, data: str | Path | None = None,
+                  gallery: str | Path | None = None, probes: str | Path | None = None, objective: str = "far",
+                  target: float | None = 1e-3, open_objective: str = "fpir", open_target: float | None = 1e-2,
+                  score: str = "cosine", device: str | None = None, flip: bool | None = None,
+                  quiet: bool = False) -> dict[str, Any]:
+    """``facelab calibrate``: thresholds for 1:1 (from ``pairs``, else all pairs of the run's unseen identities)
+    and open-set 1:N (from ``gallery``/``probes`` folders, else the run's unseen identities split in two), saved
+    as ``RUN/thresholds.json``. Calibrate on data the reported test numbers do not come from."""
+    lr = run if isinstance(run, LoadedRun) else load_run(run, device)
+    embedder = Embedder.from_run(lr, flip=flip, progress=not quiet)
+    st = score_type(score)
+    own: tuple[np.ndarray, list[str]] | None = None
+
+    def own_split() -> tuple[np.ndarray, list[str]]:
+        nonlocal own
+        if own is None:
+            root = Path(data or lr.cfg.data.root)
+            if not lr.manifest.open_test:
+                raise FacelabError(f"{lr.path}: the run has no unseen identities to calibrate on; pass --pairs "
+                                   f"or --gallery/--probes")
+            own = (embedder.embed([root / p for p, _ in lr.manifest.open_test], desc="embed dev identities"),
+                   [lr.manifest.open_identities[y] for _, y in lr.manifest.open_test])
+        return own
+
+    if pairs is not None:
+        pl = read_pairs(pairs, data)
+        if pl.labels is None:
+            raise FacelabError(f"{pairs}: calibration needs labelled pairs")
+        emb = embedder.embed(pl.images, desc="embed dev pairs")
+        v_scores, v_labels, v_dev = st.pairwise(emb[pl.first], emb[pl.second]), pl.labels, str(pairs)
+    else:
+        emb, names = own_split()
+        i, j = np.triu_indices(len(names), k=1)
+        lab = np.asarray(names)
+        v_scores, v_labels, v_dev = st.pairwise(emb[i], emb[j]), lab[i] == lab[j], "run's unseen identities"
+    entries = [calibrate_threshold(v_scores, v_labels, objective, target, score)]
+    entries[0]["dev"] = v_dev
+    if (gallery is None) != (probes is None):
+        raise FacelabError("pass both --gallery and --probes, or neither")
+    if gallery is not None and probes is not None:
+        g_paths, g_labels = folder_items(gallery)
+        p_paths, p_labels = folder_items(probes)
+        e = embedder.embed(g_paths + p_paths, desc="embed dev gallery + probes")
+        s, i_dev = search(e[len(g_paths):], p_labels, e[: len(g_paths)], g_labels, score), f"{gallery} + {probes}"
+    elif lr.manifest.open_test:
+        s = dev_searches_from_identities(*own_split(), score)
+        i_dev = "run's unseen identities (alternate identities enrolled)"
+    else:
+        s = None  # 1:1 calibrated from --pairs; no open-set dev data
+    if s is not None and s.mated.any() and not s.mated.all():
+        entries.append({**calibrate_open_set(s, open_objective, open_target, score), "dev": i_dev})
+    path = THRESHOLDS_FILE
+    for e in entries:
+        path = str(save_thresholds(lr.path, [e], embedder.fingerprint, e["dev"]))
+    return {"path": path, "entries": entries}
+
+
+def format_calibration(result: dict[str, Any]) -> str:
+    rows = [f"saved {result['path']}"]
+    for e in result["entries"]:
+        target = f" {e['target']:g}" if e["target"] is not None else ""
+        note = "" if e["reliable"] else " (too little dev data for this target)"
+        achieved = ", ".join(f"{k} {v:.4f}" for k, v in e["achieved"].items())
+        rows.append(f"  {e['task']}: {e['objective']}{target} -> threshold {e['threshold']} ({e['accept']}); "
+                    f"on dev: {achieved}{note}")
+    return "\n".join(rows)

@@ -1,0 +1,218 @@
+"""CMU 11-785 HW2P2 layouts: classification test folder, known/unknown open-set verification, and the older pair
+list scored by ROC AUC.
+
+Accepted inputs (documented in docs/evaluation.md):
+
+* classification: a flat folder of test images -> CSV ``id,label`` (file name, predicted class folder name, or the
+  class index in sorted-folder order with ``index_labels``);
+* known/unknown: ``ROOT/known/<identity>/<images>``, ``ROOT/unknown_dev/<images>`` and ``ROOT/verification_dev.csv``
+  with a header naming an image column (``unknown_dev``, ``id`` or ``image``) and an identity column (``known``,
+  ``label`` or ``identity``); ``n000000`` marks an image whose identity is not in ``known/``. Optional
+  ``ROOT/unknown_test/`` gets the submission; without it the submission covers ``unknown_dev/``;
+* pair list: whitespace-separated ``img1 img2 [label]`` lines (reader ``hw2p2``); with labels it is scored by ROC
+  AUC, and a submission ``Id,Category`` (``"img1 img2"``, cosine score) is always written.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facelab.data.folder import IMAGE_EXTENSIONS
+from facelab.errors import FacelabError
+from facelab.evaluation.calibration import calibrated_threshold
+from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
+from facelab.evaluation.identification import (
+    best_open_set_accuracy,
+    evaluate_searches,
+    folder_items,
+    open_set_accuracy,
+    search,
+)
+from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
+from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
+from facelab.evaluation.report import write_verification_report
+from facelab.utils.io import atomic_open
+
+UNKNOWN = "n000000"
+IMAGE_COLUMNS = ("unknown_dev", "id", "image")
+IDENTITY_COLUMNS = ("known", "label", "identity")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FacelabError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
+    with atomic_open(path, "w") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _run(run: str | Path | LoadedRun, device: str | None) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else load_run(run, device)
+
+
+# ------------------------------------------------------------------------------------------------- classification
+
+@torch.no_grad()
+def classify_folder(run: str | Path | LoadedRun, test_dir: str | Path, out_csv: str | Path,
+                    data_root: str | Path | None = None, index_labels: bool = False, device: str | None = None,
+                    quiet: bool = False) -> dict[str, Any]:
+    """Predict a training identity for every image of ``test_dir``: the loss's class scores, or for metric losses
+    the nearest class centre of the training embeddings (which needs the training data, ``data_root``)."""
+    lr = _run(run, device)
+    embedder = Embedder.from_run(lr, progress=not quiet)
+    images = list_images(test_dir)
+    if not images:
+        raise FacelabError(f"no images in {test_dir}")
+    emb = embedder.embed(images, desc="embed test images")
+    logits = lr.loss.logits(torch.from_numpy(emb).to(lr.device))
+    if logits is not None:
+        scores = logits.float().cpu().numpy()
+    else:
+        root = Path(data_root or lr.cfg.data.root)
+        train = embedder.embed([root / p for p, _ in lr.manifest.train], desc="embed class centres")
+        y = np.array([c for _, c in lr.manifest.train])
+        centres = normalize(np.stack([normalize(train)[y == c].mean(0) for c in range(lr.manifest.num_classes)]))
+        scores = normalize(emb) @ centres.T
+    pred = scores.argmax(1)
+    labels = [int(c) if index_labels else lr.manifest.classes[c] for c in pred]
+    write_csv(out_csv, ["id", "label"], [[p.name, lab] for p, lab in zip(images, labels, strict=True)])
+    return {"images": len(images), "classes": lr.manifest.num_classes, "csv": str(out_csv)}
+
+
+# ------------------------------------------------------------------------------------------ known / unknown (open set)
+
+def read_verification_csv(path: str | Path) -> dict[str, str]:
+    """image file name -> identity (``n000000`` when not in known/)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacelabError(f"verification CSV not found: {path}")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        img_col = next((c for c in IMAGE_COLUMNS if c in cols), None)
+        id_col = next((c for c in IDENTITY_COLUMNS if c in cols), None)
+        if img_col is None or id_col is None:
+            raise FacelabError(f"{path}: header must name an image column ({', '.join(IMAGE_COLUMNS)}) and an "
+                               f"identity column ({', '.join(IDENTITY_COLUMNS)}); got {', '.join(cols)}")
+        return {Path(row[img_col].strip()).name: row[id_col].strip() for row in reader}
+
+
+def verify_known_unknown(run: str | Path | LoadedRun, root: str | Path, dev_csv: str | Path | None = None,
+                         threshold: float | None = None, score: str = "cosine", out_dir: str | Path | None = None,
+                         test_dir: str | Path | None = None, device: str | None = None,
+                         quiet: bool = False) -> dict[str, Any]:
+    """Open-set identification of ``unknown_dev`` against ``known``: dev accuracy at a threshold (given, else the
+    run's calibrated one, else the best on dev -- flagged optimistic), the ISO open-set metrics, and submission /
+    dev-prediction CSVs where a top score below the threshold answers ``n000000``."""
+    lr = _run(run, device)
+    root = Path(root)
+    truth = read_verification_csv(dev_csv or root / "verification_dev.csv")
+    embedder = Embedder.from_run(lr, progress=not quiet)
+    g_paths, g_labels = folder_items(root / "known")
+    dev_images = list_images(root / "unknown_dev")
+    missing = [p.name for p in dev_images if p.name not in truth]
+    if missing:
+        raise FacelabError(f"verification CSV has no row for unknown_dev/{missing[0]} ({len(missing)} in all)")
+    enrolled = set(g_labels)
+    stray = sorted({v for v in truth.values() if v != UNKNOWN and v not in enrolled})
+    if stray:
+        raise FacelabError(f"verification CSV names identity {stray[0]} which has no folder in {root / 'known'}")
+    dev_labels = [truth[p.name] for p in dev_images]
+    emb = embedder.embed(g_paths + dev_images, desc="embed known + unknown_dev")
+    s = search(emb[len(g_paths):], dev_labels, emb[: len(g_paths)], g_labels, score)
+    st = score_type(score)
+    source = "given"
+    if threshold is None:
+        threshold, source = calibrated_threshold(lr.path, "identification", score, embedder.fingerprint), \
+            "thresholds.json"
+    if threshold is None:
+        threshold, source = st.native(best_open_set_accuracy(s)[1]), "best on dev (optimistic)"
+    out = Path(out_dir) if out_dir else lr.path / "hw2p2"
+    meta = {"run": str(lr.path), "layout": str(root), "threshold": threshold, "threshold_source": source,
+            "known_images": len(g_paths), "unknown_dev_images": len(dev_images)}
+    doc = evaluate_searches(s, meta, out, score, DEFAULT_FAR_TARGETS, threshold=threshold, max_rank=20)
+    doc["dev_accuracy"] = open_set_accuracy(s, st.oriented(threshold))
+
+    def predict(e: np.ndarray) -> list[str]:
+        t = search(e, [UNKNOWN] * len(e), emb[: len(g_paths)], g_labels, score)
+        return [t.identities[i] if sc >= st.oriented(threshold) else UNKNOWN
+                for i, sc in zip(t.top_identity, t.top_score, strict=True)]
+
+    dev_emb = emb[len(g_paths):]
+    write_csv(out / "dev_predictions.csv", ["id", "label", "truth"],
+              [[p.name, y, truth[p.name]] for p, y in zip(dev_images, predict(dev_emb), strict=True)])
+    test = Path(test_dir) if test_dir else root / "unknown_test"
+    sub_images, sub_emb = dev_images, dev_emb
+    if test.is_dir():
+        sub_images = list_images(test)
+        sub_emb = embedder.embed(sub_images, desc="embed unknown_test")
+    write_csv(out / "submission.csv", ["id", "label"],
+              [[p.name, y] for p, y in zip(sub_images, predict(sub_emb), strict=True)])
+    doc["submission"] = str(out / "submission.csv")
+    doc["submission_images"] = len(sub_images)
+    return doc
+
+
+# -------------------------------------------------------------------------------------------- older pair-list layout
+
+@PAIR_READERS.register("hw2p2")
+def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
+    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt), paths relative to ROOT."""
+    root = Path(root) if root else path.parent
+    index = _Indexer()
+    first, second, labels = [], [], []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) not in (2, 3):
+            raise FacelabError(f"{path}:{n}: expected 'img1 img2 [label]', got {line!r}")
+        first.append(index(root / parts[0]))
+        second.append(index(root / parts[1]))
+        if len(parts) == 3:
+            if parts[2] not in ("0", "1"):
+                raise FacelabError(f"{path}:{n}: label must be 0 or 1, got {parts[2]!r}")
+            labels.append(parts[2] == "1")
+    if labels and len(labels) != len(first):
+        raise FacelabError(f"{path}: some lines have a label and some do not")
+    fold = np.arange(len(first)) * folds // max(len(first), 1)
+    return PairList(path, index.images, np.array(first), np.array(second),
+                    np.array(labels) if labels else None, fold)
+
+
+def score_pair_file(run: str | Path | LoadedRun, pair_file: str | Path, data_root: str | Path | None = None,
+                    out_dir: str | Path | None = None, device: str | None = None,
+                    quiet: bool = False) -> dict[str, Any]:
+    """Cosine score of every pair; ROC AUC (with the full verification report) when the file has labels; always a
+    submission ``Id,Category``."""
+    lr = _run(run, device)
+    pairs = read_pairs(pair_file, data_root, "hw2p2")
+    embedder = Embedder.from_run(lr, progress=not quiet)
+    emb = embedder.embed(pairs.images, desc=f"embed {Path(pair_file).name}")
+    scores = score_type("cosine").pairwise(emb[pairs.first], emb[pairs.second])
+    out = Path(out_dir) if out_dir else lr.path / "hw2p2"
+    base = Path(data_root or Path(pair_file).parent)
+    rel = [Path(str(p)).relative_to(base).as_posix() for p in pairs.images]
+    write_csv(out / "pairs_submission.csv", ["Id", "Category"],
+              [[f"{rel[a]} {rel[b]}", f"{sc:.6f}"] for a, b, sc in zip(pairs.first, pairs.second, scores,
+                                                                          strict=True)])
+    doc: dict[str, Any] = {"pairs": len(pairs), "submission": str(out / "pairs_submission.csv"), "auc": None}
+    if pairs.has_labels:
+        results = score_pairs(emb, pairs, ("cosine",))
+        rep = write_verification_report(out, {"name": Path(pair_file).name, "run": str(lr.path)}, results,
+                                        prefix="pairs")
+        doc["auc"] = rep["scorers"]["cosine"]["verification"]["roc_auc"]
+        doc["report"] = rep
+    return doc
