@@ -1,0 +1,60 @@
+"""Shared helpers for the deployment tests (imported by the other test_serving_* modules), and their own checks."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facelab.config import DataConfig, ModelConfig
+from facelab.models import build_backbone
+from facelab.serving.bundle import Bundle
+
+TINY_MODEL = ModelConfig(backbone="resnet18", width=8, embedding_dim=32)
+TINY_DATA = DataConfig(input_size=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread per test: on a shared 2-core machine two OpenMP threads spin against other processes and
+    a 30 ms forward pass takes seconds. Import this fixture into a test module to apply it there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_bundle(seed: int = 0, threshold: float = 0.5, flip: bool = True) -> Bundle:
+    """A random-weight width-8 ResNet bundle: fast to build, deterministic for a seed."""
+    torch.manual_seed(seed)
+    model = build_backbone(TINY_MODEL, TINY_DATA.input_size)
+    return Bundle.from_model(model, TINY_MODEL, TINY_DATA, threshold, flip_tta=flip, source=f"random seed {seed}")
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def png_bytes(size: tuple[int, int] = (48, 48), seed: int = 0) -> bytes:
+    """A random RGB PNG, e.g. a 'face' that no enrolled face resembles."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def face_files(orl_root: Path, identity: str, n: int = 3) -> list[Path]:
+    return [orl_root / identity / f"{i}.pgm" for i in range(1, n + 1)]
+
+
+def test_tiny_bundle_is_deterministic_and_unit_length(orl_root: Path) -> None:
+    a, b = tiny_bundle(0), tiny_bundle(0)
+    assert a.fingerprint == b.fingerprint
+    emb = a.embed_files(face_files(orl_root, "s1", 2))[0]
+    assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
