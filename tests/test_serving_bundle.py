@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_serving_support import TINY_DATA, TINY_MODEL, face_files, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
+from test_serving_support import TINY_DATA, face_files, fake_run, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
 
-from facelab.config import TrainConfig, from_dict, to_dict
-from facelab.engine.checkpoint import save_checkpoint
 from facelab.errors import FacelabError
 from facelab.serving.bundle import Bundle, fingerprint
 from facelab.serving.images import ImageTooLarge, UnsupportedImage, decode_image
@@ -64,17 +62,8 @@ def test_edited_or_foreign_files_are_refused(tmp_path: Path) -> None:
         Bundle.load(tmp_path / "missing.safetensors")
 
 
-def _fake_run(run: Path) -> Path:
-    """A checkpoint.pt as `facelab train` writes it, around random tiny weights (no training needed)."""
-    cfg = from_dict(TrainConfig, {"model": to_dict(TINY_MODEL), "data": {"input_size": 64}})
-    state = {"epoch": 1, "config": to_dict(cfg), "manifest": {}, "model": tiny_bundle().model.state_dict(),
-             "loss": {}, "optimizer": {}, "scheduler": {}, "history": []}
-    save_checkpoint(run / "checkpoint.pt", state)
-    return run
-
-
 def test_threshold_sources_in_order(tmp_path: Path) -> None:
-    run = _fake_run(tmp_path / "run")
+    run = fake_run(tmp_path / "run")
     with pytest.raises(FacelabError, match=r"no threshold .* pass --threshold"):
         Bundle.from_run(run)
     (run / "metrics.json").write_text(json.dumps({"open_set": {"verification": {"eer_threshold": 0.61}}}))

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from facelab.config import DataConfig, ModelConfig
+from facelab.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from facelab.engine.checkpoint import save_checkpoint
 from facelab.models import build_backbone
 from facelab.serving.bundle import Bundle
 
@@ -34,6 +35,15 @@ def tiny_bundle(seed: int = 0, threshold: float = 0.5, flip: bool = True) -> Bun
     torch.manual_seed(seed)
     model = build_backbone(TINY_MODEL, TINY_DATA.input_size)
     return Bundle.from_model(model, TINY_MODEL, TINY_DATA, threshold, flip_tta=flip, source=f"random seed {seed}")
+
+
+def fake_run(run: Path) -> Path:
+    """A checkpoint.pt as `facelab train` writes it, around random tiny weights (no training needed)."""
+    cfg = from_dict(TrainConfig, {"model": to_dict(TINY_MODEL), "data": {"input_size": 64}})
+    state = {"epoch": 1, "config": to_dict(cfg), "manifest": {}, "model": tiny_bundle().model.state_dict(),
+             "loss": {}, "optimizer": {}, "scheduler": {}, "history": []}
+    save_checkpoint(run / "checkpoint.pt", state)
+    return run
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
