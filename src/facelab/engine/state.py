@@ -87,25 +87,26 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module, fu
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    """This process' random state in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
+    """This process' random state as plain Python values: they pickle across ranks and load ``weights_only``."""
+    name, keys, *rest = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), *(float(v) if isinstance(v, float) else int(v) for v in rest)],
+        "torch": torch.get_rng_state().tolist(),
     }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
     return state
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
 
 
 def gather_rng_states(ctx: DistContext, device: torch.device) -> list[dict[str, Any]]:

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
 import facelab.losses  # noqa: F401  (registers the margin heads)
@@ -55,6 +54,42 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.factor, None
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's rows; backward: sum the gradient over ranks, keep this rank's rows.
+
+    (``torch.distributed.nn.functional`` does the same but is deprecated for a private module.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; each rank's loss uses the sum, so the gradient of every copy is summed back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def _world() -> tuple[int, int]:
@@ -160,7 +195,7 @@ class PartialFC(FaceLoss):
         labels = labels.long()
         local_n = embeddings.shape[0]
         if self.world > 1:
-            feats = torch.cat(dist_fn.all_gather(embeddings))
+            feats = _AllGather.apply(embeddings)
             every = [torch.empty_like(labels) for _ in range(self.world)]
             dist.all_gather(every, labels)
             all_labels = torch.cat(every)
@@ -191,7 +226,7 @@ class PartialFC(FaceLoss):
         mine_target = torch.zeros_like(peak).index_put((rows,), logits[rows, target[rows]])
         sums = torch.stack([(logits - peak[:, None]).exp().sum(1), mine_target, logits.sum(1)])
         if self.world > 1:
-            sums = dist_fn.all_reduce(sums)
+            sums = _AllReduceSum.apply(sums)
         log_z = sums[0].log() + peak
         per_image = log_z - sums[1]
         eps = self.head.label_smoothing
