@@ -9,7 +9,7 @@ import pytest
 from test_serving_support import face_files, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
-pytest.importorskip("multipart", reason="the serve extra is not installed")
+pytest.importorskip("python_multipart", reason="the serve extra is not installed")
 
 from fastapi.testclient import TestClient
 

@@ -23,7 +23,7 @@ from facelab.serving.gallery import Gallery, UnknownIdentity
 from facelab.serving.images import ALLOWED_CONTENT_TYPES, ImageTooLarge, UnsupportedImage, decode_image
 
 require("fastapi", "serve")
-require("multipart", "serve")
+require("python_multipart", "serve")  # FastAPI parses forms with it
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile  # noqa: E402
 from fastapi.responses import JSONResponse, Response  # noqa: E402

@@ -1,0 +1,153 @@
+"""The web page in a real headless Chromium, driven over the DevTools protocol: enroll a face, then identify it.
+
+Slow (starts a browser). Skips when Chromium or websocket-client is missing (CI installs both when it can).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_serving_support import face_files, one_thread, tiny_bundle  # noqa: F401  (one_thread: autouse)
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0"]
+TOKEN = "page-test-token"
+
+
+class DevTools:
+    """The few DevTools-protocol calls the test needs, over one page's websocket."""
+
+    def __init__(self, url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(url, timeout=30, suppress_origin=True)
+        self.ids = count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:  # skip events until our answer
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def js(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}; page says: {self.js('document.body.innerText')}")
+
+    def set_files(self, selector: str, files: list[Path]) -> None:
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(f) for f in files])
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    from facelab.serving.gallery import Gallery
+    from facelab.serving.service import create_app
+
+    bundle = tiny_bundle(threshold=0.9999)
+    gallery = Gallery(tmp_path / "g.db", bundle.fingerprint, bundle.meta.embedding_dim)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(bundle, gallery, TOKEN), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> Iterator[DevTools]:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    pytest.importorskip("websocket", reason="websocket-client (dev extra) is not installed")
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            assert proc.poll() is None, f"chromium exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        yield tools
+        tools.ws.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_enroll_and_identify_through_the_web_page(server: str, browser: DevTools, orl_root: Path) -> None:
+    alice = face_files(orl_root, "s1", 2)
+    stranger = face_files(orl_root, "s30", 1)
+    browser.call("Page.navigate", url=server)
+    browser.wait_for("document.getElementById('health')?.textContent.includes('0 identities')")
+
+    browser.js("document.getElementById('enroll-name').value = 'alice'")
+    browser.set_files("#enroll-files", alice)
+    browser.js("document.getElementById('token').value = 'wrong'")
+    browser.js("document.getElementById('enroll-button').click()")
+    assert "403" in browser.wait_for("document.getElementById('enroll-result').className === 'error' && "
+                                     "document.getElementById('enroll-result').textContent")
+
+    browser.js(f"document.getElementById('token').value = '{TOKEN}'")
+    browser.js("document.getElementById('enroll-button').click()")
+    assert browser.wait_for("document.getElementById('enroll-result').textContent.startsWith('enrolled') && "
+                            "document.getElementById('enroll-result').textContent") == \
+        "enrolled alice: 2 added, 2 in total"
+    browser.wait_for("document.getElementById('identities').textContent.includes('alice')")
+
+    browser.set_files("#identify-file", alice[1:])
+    browser.js("document.getElementById('identify-button').click()")
+    text = browser.wait_for("document.getElementById('identify-result').textContent.startsWith('identity:') && "
+                            "document.getElementById('identify-result').textContent")
+    assert text.splitlines()[0] == "identity: alice" and text.splitlines()[1].startswith("alice  1.000")
+
+    browser.set_files("#identify-file", stranger)
+    browser.js("document.getElementById('identify-result').textContent = ''")
+    browser.js("document.getElementById('identify-button').click()")
+    text = browser.wait_for("document.getElementById('identify-result').textContent.startsWith('identity:') && "
+                            "document.getElementById('identify-result').textContent")
+    assert text.startswith("identity: unknown (nearest: alice")
