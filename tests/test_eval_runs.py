@@ -63,6 +63,7 @@ def test_embedding_cache_hits_and_invalidates(tiny_run: Path, orl_root: Path, tm
     assert not np.allclose(third.embed(images[:1]), emb[:1])
 
 
+@pytest.mark.slow
 def test_cached_rescoring_never_calls_the_model(tiny_run: Path, orl_root: Path, tmp_path: Path) -> None:
     rows = [(f"s3{i}/{j}.pgm", f"s3{i}/{j + 1}.pgm", True) for i in range(5) for j in (1, 3)]
     rows += [(f"s3{i}/1.pgm", f"s3{i + 1}/2.pgm", False) for i in range(5) for _ in (0, 1)]
@@ -143,6 +144,7 @@ def test_hw2p2_classify_writes_id_label(tiny_run: Path, orl_root: Path, tmp_path
     assert [lr.manifest.classes[int(r["label"])] for r in idx] == [r["label"] for r in rows]
 
 
+@pytest.mark.slow
 def test_hw2p2_pair_list_auc_matches_sklearn(tiny_run: Path, orl_root: Path, tmp_path: Path) -> None:
     lines = [f"s3{i}/{j}.pgm s3{i}/{j + 5}.pgm 1" for i in range(4) for j in (1, 2)]
     lines += [f"s3{i}/{j}.pgm s3{i + 1}/{j}.pgm 0" for i in range(4) for j in (1, 2)]
