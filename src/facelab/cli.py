@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from facelab.errors import FacelabError
@@ -212,8 +213,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
     cfg = load_config(args.config, [*overrides, *args.overrides])
     result = train(cfg, resume=args.resume, quiet=args.quiet)
-    print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
-    print(f"next: facelab eval {Path(result.out_dir)}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
+        print(f"next: facelab eval {Path(result.out_dir)}")
     return 0
 
 
