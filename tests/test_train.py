@@ -1,5 +1,6 @@
 """Training end to end on real faces: checkpoints, exact resume, kill -9 recovery, clear failures."""
 
+import argparse
 import json
 import os
 import pickle
@@ -155,10 +156,13 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 def test_every_cli_option_has_help() -> None:
     from facelab.cli import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():
-        assert p.description, name
-        for action in p._actions:
+    def check(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
             if action.dest != "help":
                 assert action.help, f"{name} {action.dest}"
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    assert sub.description, f"{name} {sub_name}"
+                    check(sub, f"{name} {sub_name}")
+
+    check(build_parser(), "facelab")

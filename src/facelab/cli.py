@@ -148,15 +148,17 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
                        description="classify: test folder -> id,label CSV. verify: ROOT/known/<id>/, "
                        "ROOT/unknown_dev/, ROOT/verification_dev.csv -> dev accuracy and submission.csv (unknowns "
                        "get n000000). pairs: 'img1 img2 [label]' list -> AUC and Id,Category submission.")
-    modes = p.add_subparsers(dest="mode", required=True, metavar="MODE")
-    c = modes.add_parser("classify", help="predict a training identity for every test image")
+    modes = p.add_subparsers(dest="mode", required=True, metavar="MODE", help="classify, verify or pairs")
+    c = modes.add_parser("classify", help="predict a training identity for every test image",
+                         description="Predict a training identity for every image of a flat test folder.")
     c.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
     c.add_argument("--test", required=True, metavar="DIR", help="flat folder of test images")
     c.add_argument("--out", required=True, metavar="CSV", help="where to write the id,label CSV")
     c.add_argument("--data", metavar="ROOT", help="training data (metric losses predict by class centres)")
     c.add_argument("--index-labels", action="store_true",
                    help="write class indices (sorted-folder order) instead of identity names")
-    v = modes.add_parser("verify", help="open-set known/unknown verification with n000000 for unknowns")
+    v = modes.add_parser("verify", help="open-set known/unknown verification with n000000 for unknowns",
+                         description="Match each unknown image to a known identity, or n000000 below the threshold.")
     v.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
     v.add_argument("--root", required=True, metavar="DIR",
                    help="folder with known/, unknown_dev/, verification_dev.csv")
@@ -165,7 +167,8 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--threshold", type=float, help="accept threshold (default: thresholds.json, else best on dev)")
     v.add_argument("--score", default="cosine", help="score type: cosine or squared_l2 (default cosine)")
     v.add_argument("--out", metavar="DIR", help="report folder (default: RUN/hw2p2)")
-    q = modes.add_parser("pairs", help="score an 'img1 img2 [label]' pair list; AUC when labelled")
+    q = modes.add_parser("pairs", help="score an 'img1 img2 [label]' pair list; AUC when labelled",
+                         description="Score every pair of a pair list; report ROC AUC when labels are given.")
     q.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
     q.add_argument("--pairs", required=True, metavar="FILE", help="pair list, one 'img1 img2 [label]' per line")
     q.add_argument("--data", metavar="ROOT", help="image root (default: the pair file's folder)")
@@ -178,7 +181,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('facelab').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="run facelab COMMAND --help")
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
