@@ -40,6 +40,8 @@ class Backbone(nn.Module):
     input_size: int
     features: nn.Module
     head: nn.Module
+    #: (channels, side) of the last feature map at ``input_size``
+    feature_map: tuple[int, int]
     min_input_size: int = 64
     default_head: str = "gap"
 
@@ -59,7 +61,7 @@ class Backbone(nn.Module):
         """Attach ``features``, the DropBlock and a head sized by a dry run (so no backbone computes shapes by hand)."""
         self.features = features
         self.drop_block = make_drop_block(*self._drop_block)
-        channels, spatial = self.feature_shape(self.input_size)
+        channels, spatial = self.feature_map = self.feature_shape(self.input_size)
         self.head = build_head(self._head_kind, channels, spatial, self.embedding_dim, self.norm_layer,
                                self._dropout, **head_options)
 

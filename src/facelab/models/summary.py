@@ -74,7 +74,7 @@ def backbone_cost(name: str, input_size: int = 112, embedding_dim: int = 512, wi
     cfg = ModelConfig(backbone=name, embedding_dim=embedding_dim, width=width, options=dict(options or {}))
     with torch.device("meta"):
         model: Backbone = build_backbone(cfg, input_size)
-        channels, spatial = model.feature_shape(input_size)
+    channels, spatial = model.feature_map
     return ModelCost(name, count_parameters(model), count_macs(model, input_size), embedding_dim, input_size,
                      f"{channels}x{spatial}x{spatial}", model._head_kind)
 
