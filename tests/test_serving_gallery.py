@@ -172,3 +172,15 @@ def test_remove_list_names_and_unknown_index(tmp_path: Path) -> None:
     empty = Gallery(tmp_path / "e.db", "model-a", DIM)
     result = empty.identify(unit_rows(1, DIM)[0], 0.5)
     assert result.identity is None and result.nearest is None
+
+
+def test_faiss_ivf_probing_every_list_matches_exact_and_tiny_galleries_stay_flat(tmp_path: Path) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu (the faiss extra) is not installed")
+    exact, x = filled(tmp_path / "g.db", people=300, per=2)
+    ivf = Gallery(tmp_path / "g.db", "model-a", DIM, index="faiss", index_options={"nlist": 16, "nprobe": 16})
+    queries = x[::7] + 0.05 * unit_rows(len(x[::7]), DIM, seed=4)
+    a, b = exact.search(queries, k=1), ivf.search(queries, k=1)
+    assert [r[0].name for r in a] == [r[0].name for r in b]  # probing every list: same answers as exact
+    tiny = Gallery(tmp_path / "t.db", "model-a", DIM, index="faiss", index_options={"nlist": 1000})
+    tiny.enroll("only", [("a", x[0])])
+    assert tiny.search(x[:1], k=1)[0][0].name == "only"  # fewer rows than lists: stays a flat (exact) index

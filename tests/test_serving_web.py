@@ -1,4 +1,4 @@
-"""The web page in a real headless Chromium, driven over the DevTools protocol: enroll a face, then identify it.
+"""End to end over real HTTP: the web page in headless Chromium (DevTools protocol), and the `facelab serve` command.
 
 Slow (starts a browser). Skips when Chromium or websocket-client is missing (CI installs both when it can).
 """
@@ -151,3 +151,39 @@ def test_enroll_and_identify_through_the_web_page(server: str, browser: DevTools
     text = browser.wait_for("document.getElementById('identify-result').textContent.startsWith('identity:') && "
                             "document.getElementById('identify-result').textContent")
     assert text.startswith("identity: unknown (nearest: alice")
+
+
+def test_facelab_serve_starts_on_loopback_and_protects_writes(tmp_path: Path) -> None:
+    """The real `facelab serve` command: starts, answers /health, refuses an unauthenticated write, stops."""
+    import os
+    import sys
+
+    httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
+    bundle = tiny_bundle().save(tmp_path / "m.safetensors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FACELAB_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "facelab", "serve", "--bundle", str(bundle), "--gallery",
+                             str(tmp_path / "g.db"), "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "facelab serve did not start"
+                time.sleep(0.2)
+        assert health.json()["writes_enabled"] is True
+        assert httpx.delete(f"http://127.0.0.1:{port}/identities/x", timeout=10).status_code == 401
+        assert httpx.delete(f"http://127.0.0.1:{port}/identities/x", headers={"Authorization": f"Bearer {TOKEN}"},
+                            timeout=10).status_code == 404
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
