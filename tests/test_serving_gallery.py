@@ -120,6 +120,7 @@ def test_a_gallery_of_another_model_is_refused(tmp_path: Path) -> None:
     assert Gallery(tmp_path / "g.db").fingerprint == "model-a"  # model-free open (list/remove) is fine
     with pytest.raises(FacelabError, match="give the model bundle"):
         Gallery(tmp_path / "new.db")
+    assert not (tmp_path / "new.db").exists()
     with pytest.raises(FacelabError, match="gallery not found"):
         Gallery(tmp_path / "absent.db", "model-a", DIM, create=False)
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)

@@ -177,8 +177,11 @@ class Gallery:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        if not self.create and not self.path.is_file():
-            raise FacelabError(f"gallery not found: {self.path}")
+        if not self.path.is_file():
+            if not self.create:
+                raise FacelabError(f"gallery not found: {self.path}")
+            if self.fingerprint is None or self.dim is None:  # checked before SQLite creates an empty file
+                raise FacelabError(f"{self.path} is a new gallery: give the model bundle that will fill it")
         SEARCH_INDEXES.get(self.index)  # unknown index name -> error now, not at the first search
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
