@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.config import TrainConfig, from_dict
-from facelab.data import FaceDataset, SplitManifest, eval_transform
-from facelab.engine.checkpoint import load_checkpoint
-from facelab.engine.trainer import build_model_and_loss, resolve_device
+from facelab.data import FaceDataset, eval_transform
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
+from facelab.evaluation.embedder import load_run
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
 from facelab.utils.io import write_json
@@ -47,19 +45,12 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
 
 def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
              device: str | None = None, flip: bool | None = None, quiet: bool = False) -> dict[str, Any]:
-    state = load_checkpoint(run)
-    cfg = from_dict(TrainConfig, state["config"])
-    manifest = SplitManifest.from_dict(state["manifest"])
+    loaded = load_run(run, device)
+    cfg, manifest, backbone, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.backbone, loaded.loss, loaded.device
     root = data_root or cfg.data.root
     if not Path(root).is_dir():
         raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
-    out = Path(out_dir) if out_dir else Path(run if Path(run).is_dir() else Path(run).parent)
-    dev = resolve_device(device or cfg.device)
-    backbone, loss_fn = build_model_and_loss(cfg, manifest.num_classes)
-    backbone.load_state_dict(state["model"])
-    loss_fn.load_state_dict(state["loss"])
-    backbone.to(dev).eval()
-    loss_fn.to(dev).eval()
+    out = Path(out_dir) if out_dir else loaded.path
     use_flip = cfg.eval.flip_tta if flip is None else flip
     tf = eval_transform(cfg.data)
 
@@ -69,7 +60,7 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
 
     metrics: dict[str, Any] = {
         "run": str(run),
-        "epochs": int(state["epoch"]),
+        "epochs": loaded.epoch,
         "backbone": cfg.model.backbone,
         "loss": cfg.loss.name,
         "flip_tta": use_flip,
