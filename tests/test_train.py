@@ -71,6 +71,9 @@ def test_checkpoint_round_trip_and_unsafe_files(tmp_path: Path) -> None:
     back = load_checkpoint(tmp_path / "c.pt")
     assert torch.equal(back["model"]["w"], state["model"]["w"]) and back["history"] == state["history"]
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
     class Evil:
         def __reduce__(self):  # would run a shell command if unpickled
