@@ -42,6 +42,8 @@ class Backbone(nn.Module):
     head: nn.Module
     #: (channels, side) of the last feature map at ``input_size``
     feature_map: tuple[int, int]
+    #: registered name of the embedding head in use
+    head_kind: str
     min_input_size: int = 64
     default_head: str = "gap"
 
@@ -54,7 +56,7 @@ class Backbone(nn.Module):
             raise FacelabError(f"model.options.drop_block must be in [0, 1), got {drop_block}")
         self.embedding_dim, self.input_size = embedding_dim, input_size
         self.norm_layer: NormFactory = norm_factory(norm)
-        self._head_kind, self._dropout = head or self.default_head, dropout
+        self.head_kind, self._dropout = head or self.default_head, dropout
         self._drop_block = (drop_block, drop_block_size)
 
     def _finish(self, features: nn.Module, **head_options: object) -> None:
@@ -62,7 +64,7 @@ class Backbone(nn.Module):
         self.features = features
         self.drop_block = make_drop_block(*self._drop_block)
         channels, spatial = self.feature_map = self.feature_shape(self.input_size)
-        self.head = build_head(self._head_kind, channels, spatial, self.embedding_dim, self.norm_layer,
+        self.head = build_head(self.head_kind, channels, spatial, self.embedding_dim, self.norm_layer,
                                self._dropout, **head_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

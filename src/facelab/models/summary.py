@@ -76,7 +76,7 @@ def backbone_cost(name: str, input_size: int = 112, embedding_dim: int = 512, wi
         model: Backbone = build_backbone(cfg, input_size)
     channels, spatial = model.feature_map
     return ModelCost(name, count_parameters(model), count_macs(model, input_size), embedding_dim, input_size,
-                     f"{channels}x{spatial}x{spatial}", model._head_kind)
+                     f"{channels}x{spatial}x{spatial}", model.head_kind)
 
 
 def _human(n: float) -> str:
