@@ -4,9 +4,10 @@ Each recipe (loss + the sampler it needs) is merged over one base config (defaul
 32, 64 px input, 40 epochs, batch 32, 10 unseen identities, 2 held-out images per seen identity), so only the loss
 differs between rows. Writes ``<out>/compare_losses.json`` and ``<out>/compare_losses.md``.
 
-    .venv/bin/python benchmarks/compare_losses.py --data ../shared/data/att_faces --set threads=1
+    .venv/bin/python benchmarks/compare_losses.py --data ../shared/data/att_faces --seeds 0 1 --set threads=1
 
-A finished run (``<out>/<recipe>/bench.json``) is reused, so an interrupted comparison continues where it stopped.
+A finished run (``<out>/seed<k>/<recipe>/bench.json``) is reused, so an interrupted comparison continues where it
+stopped and the table can be rebuilt without training.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def summarise(name: str, metrics: dict[str, Any], seconds: float) -> dict[str, A
     }
 
 
-def run_one(recipe: Path, base: dict[str, Any], data: str, out: Path, overrides: list[str]) -> dict[str, Any]:
-    run_dir = out / recipe.stem
+def run_one(recipe: Path, base: dict[str, Any], data: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     done = run_dir / "bench.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -70,15 +70,20 @@ def run_one(recipe: Path, base: dict[str, Any], data: str, out: Path, overrides:
     return row
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _cell(values: list[float | None], digits: int = 4) -> str:
+    """Mean over seeds, with +- half the range when there are several (the spread between seeds)."""
+    if any(v is None for v in values):
+        return "n/a"
+    mean = sum(values) / len(values)  # type: ignore[arg-type]
+    spread = (max(values) - min(values)) / 2  # type: ignore[type-var, operator]
+    return f"{mean:.{digits}f}" + (f" ±{spread:.{digits}f}" if len(values) > 1 else "")
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(runs: dict[str, list[dict[str, Any]]]) -> str:
+    keys = ("closed_top1", "open_auc", "eer", "tar_far_1e-2", "open_rank1")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [r["recipe"], _fmt(r["closed_top1"]), _fmt(r["open_auc"]), _fmt(r["eer"]), _fmt(r["tar_far_1e-2"]),
-                 _fmt(r["open_rank1"]), f"{r['train_seconds']:.0f}"]
+    for name, rows in runs.items():
+        cells = [name, *(_cell([r[k] for r in rows]) for k in keys), _cell([r["train_seconds"] for r in rows], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default=str(demo_config_path()), help="base config the recipes are merged over")
     parser.add_argument("--recipes", default=str(RECIPES), help="folder of loss recipes (*.yaml)")
     parser.add_argument("--only", nargs="*", default=None, help="recipe names to run (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="training seeds (the split stays data.split.seed); the table shows mean ± half-range")
     parser.add_argument("--out", default="runs/compare_losses", help="folder for the runs and the tables")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every run, e.g. threads=1 or optim.epochs=20")
@@ -100,15 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     base.pop("loss", None)  # the recipe's loss replaces the base's outright (options must not merge across losses)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for recipe in recipes:
-        print(f"[compare_losses] {recipe.stem} ...", file=sys.stderr, flush=True)
-        rows.append(run_one(recipe, base, args.data, out, args.overrides))
-        print(f"[compare_losses] {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
-    meta = {"data": args.data, "base": args.base, "overrides": args.overrides, "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": torch.get_num_threads()}
-    (out / "compare_losses.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    table = markdown(rows)
+    runs: dict[str, list[dict[str, Any]]] = {r.stem: [] for r in recipes}
+    for seed in args.seeds:
+        for recipe in recipes:
+            print(f"[compare_losses] seed {seed}: {recipe.stem} ...", file=sys.stderr, flush=True)
+            row = run_one(recipe, base, args.data, out / f"seed{seed}" / recipe.stem, [*args.overrides, f"seed={seed}"])
+            runs[recipe.stem].append({**row, "seed": seed})
+            print(f"[compare_losses] {json.dumps(runs[recipe.stem][-1])}", file=sys.stderr, flush=True)
+    meta = {"data": args.data, "base": args.base, "overrides": args.overrides, "seeds": args.seeds,
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "threads": torch.get_num_threads()}
+    (out / "compare_losses.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
+    table = markdown(runs)
     (out / "compare_losses.md").write_text(table + "\n")
     print(table)
     return 0
