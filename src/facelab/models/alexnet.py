@@ -33,6 +33,4 @@ class AlexNet(Backbone):
         ), hidden=(scaled(hidden, width),) * 2)
 
 
-@BACKBONES.register("alexnet")
-def _build(**kwargs: object) -> AlexNet:
-    return AlexNet(**kwargs)
+BACKBONES.register("alexnet")(AlexNet)

@@ -45,6 +45,4 @@ class Inception(Backbone):
         self._finish(nn.Sequential(*layers))
 
 
-@BACKBONES.register("inception")
-def _build(**kwargs: object) -> Inception:
-    return Inception(**kwargs)
+BACKBONES.register("inception")(Inception)

@@ -27,6 +27,4 @@ class LeNet5(Backbone):
         ))
 
 
-@BACKBONES.register("lenet5")
-def _build(**kwargs: object) -> LeNet5:
-    return LeNet5(**kwargs)
+BACKBONES.register("lenet5")(LeNet5)

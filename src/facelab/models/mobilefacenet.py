@@ -31,6 +31,4 @@ class MobileFaceNet(Backbone):
         self._finish(nn.Sequential(*layers))
 
 
-@BACKBONES.register("mobilefacenet")
-def _build(**kwargs: object) -> MobileFaceNet:
-    return MobileFaceNet(**kwargs)
+BACKBONES.register("mobilefacenet")(MobileFaceNet)

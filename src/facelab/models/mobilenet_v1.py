@@ -24,6 +24,4 @@ class MobileNetV1(Backbone):
         self._finish(nn.Sequential(*layers))
 
 
-@BACKBONES.register("mobilenet_v1")
-def _build(**kwargs: object) -> MobileNetV1:
-    return MobileNetV1(**kwargs)
+BACKBONES.register("mobilenet_v1")(MobileNetV1)

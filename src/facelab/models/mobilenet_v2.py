@@ -29,6 +29,4 @@ class MobileNetV2(Backbone):
         self._finish(nn.Sequential(*layers))
 
 
-@BACKBONES.register("mobilenet_v2")
-def _build(**kwargs: object) -> MobileNetV2:
-    return MobileNetV2(**kwargs)
+BACKBONES.register("mobilenet_v2")(MobileNetV2)

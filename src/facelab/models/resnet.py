@@ -8,6 +8,8 @@ two-convolution blocks, as InsightFace does; with ``block: bottleneck`` they bec
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from facelab.models.base import BACKBONES, Backbone
@@ -35,11 +37,5 @@ class FaceResNet(Backbone):
         self._finish(nn.Sequential(*layers))
 
 
-def _register(depth: int) -> None:
-    @BACKBONES.register(f"resnet{depth}")
-    def _build(**kwargs: object) -> FaceResNet:
-        return FaceResNet(depth, **kwargs)
-
-
-for _d in DEPTHS:
-    _register(_d)
+for _depth in DEPTHS:
+    BACKBONES.register(f"resnet{_depth}")(partial(FaceResNet, _depth))

@@ -45,7 +45,7 @@ def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
         total += rule(module, out)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, tuple(MAC_RULES))]
-    device = next(model.parameters()).device
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was = model.training
     model.eval()
     try:

@@ -30,6 +30,4 @@ class VGG16(Backbone):
         self._finish(nn.Sequential(*layers), hidden=(scaled(hidden, width),) * 2)
 
 
-@BACKBONES.register("vgg16")
-def _build(**kwargs: object) -> VGG16:
-    return VGG16(**kwargs)
+BACKBONES.register("vgg16")(VGG16)
