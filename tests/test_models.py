@@ -87,6 +87,10 @@ def test_bad_options_are_facelab_errors() -> None:
         small("lenet5", depth=3)
     with pytest.raises(FacelabError, match="drop_block"):
         small("resnet18", drop_block=1.5)
+    with pytest.raises(FacelabError, match="drop_block_size must be odd"):
+        small("resnet18", drop_block=0.1, drop_block_size=4)
+    with pytest.raises(FacelabError, match="unknown embedding head"):
+        small("mobilenet_v1", head="avg")
 
 
 def test_drop_block_active_only_in_training() -> None:

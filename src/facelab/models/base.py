@@ -54,6 +54,8 @@ class Backbone(nn.Module):
             raise FacelabError(f"{type(self).__name__} needs input_size >= {self.min_input_size}, got {input_size}")
         if not 0.0 <= drop_block < 1.0:
             raise FacelabError(f"model.options.drop_block must be in [0, 1), got {drop_block}")
+        if drop_block_size < 1 or drop_block_size % 2 == 0:
+            raise FacelabError(f"model.options.drop_block_size must be odd and positive, got {drop_block_size}")
         self.embedding_dim, self.input_size = embedding_dim, input_size
         self.norm_layer: NormFactory = norm_factory(norm)
         self.head_kind, self._dropout = head or self.default_head, dropout
