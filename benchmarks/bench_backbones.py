@@ -44,14 +44,15 @@ def step_time(model: nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def bench(models: list[nn.Module], x: torch.Tensor, warmup: int, iters: int) -> list[float]:
-    """Median images/s of each model, timing them in turn within every iteration."""
+def bench(models: list[nn.Module], x: torch.Tensor, warmup: int, iters: int, min_seconds: float) -> list[float]:
+    """Median images/s of each model, timing them in turn within every iteration; at least ``iters`` iterations and
+    more until every model has run ``min_seconds``, so fast models are not judged on a few 10 ms steps."""
     for m in models:
         m.train()
         for _ in range(warmup):
             step_time(m, x)
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(iters):
+    while len(times[0]) < iters or min(sum(t) for t in times) < min_seconds:
         for m, t in zip(models, times, strict=True):
             t.append(step_time(m, x))
     return [x.shape[0] / statistics.median(t) for t in times]
@@ -62,6 +63,7 @@ def main() -> None:
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--min-seconds", type=float, default=5.0, help="keep iterating until each model ran this long")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--width", type=int, default=64)
@@ -73,13 +75,14 @@ def main() -> None:
     size = args.input_size
     x = torch.randn(args.batch, 3, size, size)
     print(f"CPU, {args.threads} thread(s), batch {args.batch}, {size}x{size}, ours at width {args.width} "
-          f"and embedding {args.embedding_dim}; fwd+bwd images/s, median of {args.iters}\n")
+          f"and embedding {args.embedding_dim}; fwd+bwd images/s, median of >= {args.iters} steps "
+          f"and >= {args.min_seconds:g} s per model\n")
     print("| backbone | params | MACs | img/s | torchvision | params | MACs | img/s | ours / tv |")
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for name in args.backbones or backbone_names():
         ours = build_backbone(ModelConfig(backbone=name, width=args.width, embedding_dim=args.embedding_dim), size)
         models = [ours] + ([TORCHVISION[name]()] if name in TORCHVISION else [])
-        speeds = bench(models, x, args.warmup, args.iters)
+        speeds = bench(models, x, args.warmup, args.iters, args.min_seconds)
         cells = [f"{count_parameters(m) / 1e6:.2f}M | {count_macs(m, size) / 1e9:.2f}G | {s:.1f}"
                  for m, s in zip(models, speeds, strict=True)]
         theirs = (f"{TORCHVISION_NAME.get(name, name)} | {cells[1]} | {speeds[0] / speeds[1]:.2f}"
