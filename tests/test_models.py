@@ -72,6 +72,15 @@ def test_odd_input_size_and_embedding_dim(name: str) -> None:
         assert model(torch.randn(2, 3, 97, 97)).shape == (2, 24)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_smallest_accepted_input_runs(name: str) -> None:
+    side = type(small(name)).min_input_size
+    assert side <= 64
+    model = small(name, side).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, side, side)).shape == (2, 16)
+
+
 @pytest.mark.parametrize("name", ["alexnet", "inception", "mobilenet_v1", "mobilenet_v2"])
 def test_too_small_input_is_a_one_line_error(name: str) -> None:
     with pytest.raises(FacelabError, match=r"needs input_size >= 64, got 48"):
