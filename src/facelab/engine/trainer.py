@@ -28,7 +28,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import facelab.losses.partial_fc  # noqa: F401  (registers loss "partial_fc")
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
 from facelab.data.sampler import build_batch_sampler

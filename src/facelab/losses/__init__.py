@@ -1,7 +1,7 @@
 """Losses: one call ``loss(embeddings, labels)`` for every loss, built by name from the registry.
 
 Registered names: softmax, normface (classification.py); sphereface, cosface, arcface, combined (margins.py);
-triplet, contrastive, center (metric.py); joint (joint.py).
+triplet, contrastive, center (metric.py); joint (joint.py); partial_fc (partial_fc.py, sharded for torchrun).
 """
 
 from facelab.losses.base import LOSSES, FaceLoss, LossOutput, build_loss
@@ -18,6 +18,7 @@ from facelab.losses.metric import (
     mine_batch_hard,
     mine_semi_hard,
 )
+from facelab.losses.partial_fc import PartialFC
 
 __all__ = [
     "DISTANCES",
@@ -32,6 +33,7 @@ __all__ = [
     "FaceLoss",
     "JointLoss",
     "LossOutput",
+    "PartialFC",
     "SoftmaxCE",
     "SphereFace",
     "TripletLoss",
