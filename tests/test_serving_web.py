@@ -28,6 +28,16 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
 TOKEN = "page-test-token"
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a child server/browser, killing it if it ignores SIGTERM."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class DevTools:
     """The few DevTools-protocol calls the test needs, over one page's websocket."""
 
@@ -111,12 +121,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
         yield tools
         tools.ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_enroll_and_identify_through_the_web_page(server: str, browser: DevTools, orl_root: Path) -> None:
@@ -181,9 +186,4 @@ def test_facelab_serve_starts_on_loopback_and_protects_writes(tmp_path: Path) ->
         assert httpx.delete(f"http://127.0.0.1:{port}/identities/x", headers={"Authorization": f"Bearer {TOKEN}"},
                             timeout=10).status_code == 404
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
