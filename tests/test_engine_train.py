@@ -75,6 +75,16 @@ def test_tensorboard_logs_and_missing_package(small_faces: Path, tmp_path: Path,
     assert events and events[0].stat().st_size > 0
     steps = [json.loads(x) for x in (tmp_path / "tb" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 4, 6] and {"loss", "lr", "images_per_s"} <= set(steps[0])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from facelab.evaluation.protocol import evaluate
+
+    metrics = evaluate(tmp_path / "tb", quiet=True)
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    auc = acc.Scalars("eval/open_roc_auc")
+    assert [(e.step, round(e.value, 6)) for e in auc] == [(1, round(metrics["open_set"]["verification"]["roc_auc"], 6))]
+    assert acc.Scalars("eval/closed_top1")[0].value == pytest.approx(metrics["closed_set"]["top1"])
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     with pytest.raises(FacelabError, match=r"^train\.tensorboard needs the tensorboard package: pip install"):
         train(tiny(small_faces, tmp_path / "none", "train.tensorboard=true"), quiet=True)

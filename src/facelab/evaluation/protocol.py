@@ -108,7 +108,32 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
             "histogram_thresholds": thresholds,
         })
     write_json(out / "metrics.json", metrics)
+    if cfg.train.tensorboard:
+        log_to_tensorboard(loaded.path / "tensorboard", metrics, loaded.epoch)
     return metrics
+
+
+def log_to_tensorboard(logdir: Path, metrics: dict[str, Any], epoch: int) -> None:
+    """Evaluation figures beside the training curves of a run trained with ``train.tensorboard`` (x axis: epoch)."""
+    from facelab.engine.tracking import require_tensorboard
+
+    scalars: dict[str, float] = {}
+    if "closed_set" in metrics:
+        scalars["eval/closed_top1"] = metrics["closed_set"]["top1"]
+        scalars["eval/closed_top5"] = metrics["closed_set"]["top5"]
+    if "open_set" in metrics:
+        v = metrics["open_set"]["verification"]
+        scalars["eval/open_roc_auc"] = v["roc_auc"]
+        scalars["eval/open_eer"] = v["eer"]
+        scalars["eval/open_rank1"] = metrics["open_set"]["identification"]["rank1"]
+        for op in v["tar_at_far"]:
+            scalars[f"eval/open_tar_at_far_{op['far_target']:g}"] = op["tar"]
+    writer = require_tensorboard()(str(logdir))
+    try:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, epoch)
+    finally:
+        writer.close()
 
 
 def format_table(metrics: dict[str, Any]) -> str:
