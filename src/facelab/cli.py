@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from facelab.cli_common import add_run_argument
 from facelab.errors import FacelabError
 from facelab.serving.commands import COMMANDS as SERVING_COMMANDS
 from facelab.serving.commands import add_parsers as add_serving_parsers
@@ -46,7 +47,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        description="Score a run on the held-out images of its own split: closed-set top-1/top-5, "
                        "open-set ROC AUC, EER and TAR@FAR over all pairs of the unseen identities, and rank-1 "
                        "identification. Writes metrics.json, roc.png, roc.json and scores_hist.png.")
-    p.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(p)
     p.add_argument("--data", metavar="ROOT", help="data folder, if it moved since training")
     p.add_argument("--out", metavar="DIR", help="where to write reports (default: the run folder)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the training device setting)")
@@ -94,7 +95,7 @@ def _add_pairs(sub: argparse._SubParsersAction) -> None:
                        description="Embed every image of a pair list (cached), then per score type: k-fold accuracy "
                        "(threshold chosen on the other folds, mean and std), ROC AUC, EER, TAR at FAR 1e-1..1e-6 with "
                        "thresholds. Writes pairs.json, pairs.md, ROC/DET/histogram PNGs.")
-    p.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(p)
     p.add_argument("--pairs", required=True, metavar="FILE",
                    help="pairs.txt (LFW), .csv (img1,img2,label[,fold]) or insightface .bin")
     p.add_argument("--data", metavar="ROOT", help="folder the pair list's image paths are relative to "
@@ -113,7 +114,7 @@ def _add_identify_eval(sub: argparse._SubParsersAction) -> None:
                        description="Search every probe image against a gallery of identity folders. Probes whose "
                        "identity has no gallery folder are non-mated searches: FPIR is measured on their top score "
                        "(ISO/IEC 19795-1). Writes identify.json, identify.md, CMC and DET PNGs.")
-    p.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(p)
     p.add_argument("--gallery", required=True, metavar="DIR", help="enrolled images: DIR/<identity>/<image>")
     p.add_argument("--probes", required=True, metavar="DIR", help="search images: DIR/<identity>/<image>")
     p.add_argument("--score", default="cosine", help="score type: cosine or squared_l2 (default cosine)")
@@ -129,7 +130,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                        description="Calibrate the 1:1 threshold (target FAR, best accuracy or EER) on dev pairs and "
                        "the open-set 1:N threshold (target FPIR or best open-set accuracy) on dev searches. Without "
                        "--pairs / --gallery, the run's own unseen identities are the dev split.")
-    p.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(p)
     p.add_argument("--pairs", metavar="FILE", help="dev pair list for the 1:1 threshold (any `facelab pairs` format)")
     p.add_argument("--data", metavar="ROOT", help="image root of --pairs, or the run's data if it moved")
     p.add_argument("--gallery", metavar="DIR", help="dev gallery DIR/<identity>/<image> for the 1:N threshold")
@@ -151,7 +152,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
     modes = p.add_subparsers(dest="mode", required=True, metavar="MODE", help="classify, verify or pairs")
     c = modes.add_parser("classify", help="predict a training identity for every test image",
                          description="Predict a training identity for every image of a flat test folder.")
-    c.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(c)
     c.add_argument("--test", required=True, metavar="DIR", help="flat folder of test images")
     c.add_argument("--out", required=True, metavar="CSV", help="where to write the id,label CSV")
     c.add_argument("--data", metavar="ROOT", help="training data (metric losses predict by class centres)")
@@ -159,7 +160,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
                    help="write class indices (sorted-folder order) instead of identity names")
     v = modes.add_parser("verify", help="open-set known/unknown verification with n000000 for unknowns",
                          description="Match each unknown image to a known identity, or n000000 below the threshold.")
-    v.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(v)
     v.add_argument("--root", required=True, metavar="DIR",
                    help="folder with known/, unknown_dev/, verification_dev.csv")
     v.add_argument("--csv", metavar="FILE", help="dev CSV (default ROOT/verification_dev.csv)")
@@ -169,7 +170,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", metavar="DIR", help="report folder (default: RUN/hw2p2)")
     q = modes.add_parser("pairs", help="score an 'img1 img2 [label]' pair list; AUC when labelled",
                          description="Score every pair of a pair list; report ROC AUC when labels are given.")
-    q.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(q)
     q.add_argument("--pairs", required=True, metavar="FILE", help="pair list, one 'img1 img2 [label]' per line")
     q.add_argument("--data", metavar="ROOT", help="image root (default: the pair file's folder)")
     q.add_argument("--out", metavar="DIR", help="report folder (default: RUN/hw2p2)")

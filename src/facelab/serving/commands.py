@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from facelab.cli_common import add_run_argument
 from facelab.errors import FacelabError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -48,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "embedding size, accept threshold and a fingerprint into one file. The threshold is "
                        "--threshold, else RUN/thresholds.json ('threshold', or tasks.verification.threshold), else "
                        "the EER threshold of RUN/metrics.json (facelab eval).")
-    p.add_argument("run", metavar="RUN", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    add_run_argument(p)
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="bundle file to write (.safetensors)")
     p.add_argument("--threshold", type=float, help="cosine accept threshold (overrides the run's calibration)")
     p.add_argument("--no-flip", action="store_true", help="embed without horizontal-flip test-time augmentation")
