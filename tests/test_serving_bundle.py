@@ -11,8 +11,9 @@ import torch
 from test_serving_support import TINY_DATA, face_files, fake_run, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
 
 from facelab.errors import FacelabError
+from facelab.images import ImageTooLarge, UnsupportedImage
+from facelab.images import read_image as decode_image
 from facelab.serving.bundle import Bundle, fingerprint
-from facelab.serving.images import ImageTooLarge, UnsupportedImage, decode_image
 
 
 def test_round_trip_keeps_weights_metadata_and_embeddings(tmp_path: Path, orl_root: Path) -> None:
@@ -94,6 +95,6 @@ def test_image_decoding_refuses_what_is_not_a_plain_raster(tmp_path: Path, orl_r
     with pytest.raises(FacelabError, match=r"x\.png"):
         decode_image(png_bytes()[:60], "x.png")  # truncated
     with pytest.raises(ImageTooLarge, match="limit"):
-        decode_image(png_bytes((300, 200)), "big.png", max_pixels=10_000)
-    with pytest.raises(FacelabError, match="cannot read"):
+        decode_image(png_bytes((300, 200)), "big.png", cap=10_000)
+    with pytest.raises(FacelabError, match="not found"):
         decode_image(tmp_path / "missing.jpg")

@@ -1,7 +1,7 @@
 """Data: identity folders, seeded split manifests, transforms and datasets."""
 
 from facelab.data.dataset import FaceDataset
-from facelab.data.folder import FaceFolder, ScanReport, load_rgb, scan_folder
+from facelab.data.folder import FaceFolder, ScanReport, scan_folder
 from facelab.data.splits import SplitManifest, make_split
 from facelab.data.transforms import base_transform, eval_transform, train_transform
 
@@ -12,7 +12,6 @@ __all__ = [
     "SplitManifest",
     "base_transform",
     "eval_transform",
-    "load_rgb",
     "make_split",
     "scan_folder",
     "train_transform",

@@ -7,12 +7,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from facelab.data.folder import load_rgb
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
+from facelab.images import ImageError, ImageNotFound, read_image
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,13 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return [y for _, y in self.items]
 
     def _decode(self, rel: str) -> torch.Tensor:
-        return self.base(load_rgb(self.root / rel))
+        return self.base(read_image(self.root / rel))
 
     def _decode_strict(self, rel: str) -> torch.Tensor:
         try:
             return self._decode(rel)
-        except FileNotFoundError:
+        except ImageNotFound:
             raise FacelabError(f"image listed in the split is missing: {self.root / rel}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise FacelabError(f"cannot decode image {self.root / rel}: {exc}") from None
 
     def _load(self, index: int) -> torch.Tensor:
         if self._cache is not None:
@@ -60,7 +57,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         rel, label = self.items[index]
         try:
             return self._decode(rel)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except ImageError as exc:
             if rel not in self.failed:
                 self.failed.add(rel)
                 log.warning("skipping undecodable image %s: %s", self.root / rel, exc)

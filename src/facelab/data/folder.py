@@ -1,4 +1,4 @@
-"""Scan an identity-folder tree (``ROOT/<identity>/<image>``, the VGGFace2 layout) and decode images safely."""
+"""Scan an identity-folder tree (``ROOT/<identity>/<image>``, the VGGFace2 layout) through the image gate."""
 
 from __future__ import annotations
 
@@ -7,61 +7,43 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from facelab.errors import FacelabError
+from facelab.images import FileTally, list_images
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"})
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any supported image to 8-bit RGB (greyscale, palette, RGBA, CMYK, 16-bit all converted)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            return Image.alpha_composite(background, im).convert("RGB")
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            im = im.point(lambda v: v / 256).convert("L")
-        return im.convert("RGB")
-
-
-def check_image(path: Path) -> str | None:
-    """Return None if ``path`` decodes as an image, else a short reason."""
-    try:
-        load_rgb(path)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return None
 
 
 @dataclass
 class ScanReport:
-    """What a scan found besides usable images, so nothing is skipped silently."""
+    """What a scan found besides usable images, so nothing is skipped silently (same counts as every folder
+    command: :class:`facelab.images.FileTally`)."""
 
-    ignored_files: list[str] = field(default_factory=list)  # non-image extensions, hidden files
-    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ignored_files: list[str] = field(default_factory=list)  # not images (by content), stray files beside folders
+    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): corrupt, truncated, too large
+    hidden: list[str] = field(default_factory=list)  # dot-files and dot-folders, never read
     dropped_identities: list[tuple[str, int]] = field(default_factory=list)  # (identity, image count)
+
+    def counts(self) -> dict[str, int]:
+        return {"ignored": len(self.ignored_files), "failed": len(self.bad_images), "hidden": len(self.hidden),
+                "dropped_identities": len(self.dropped_identities)}
 
     def summary(self) -> str:
         parts = []
         if self.bad_images:
-            shown = ", ".join(f"{p} ({r})" for p, r in self.bad_images[:5])
-            more = f" and {len(self.bad_images) - 5} more" if len(self.bad_images) > 5 else ""
-            parts.append(f"skipped {len(self.bad_images)} undecodable image(s): {shown}{more}")
+            parts.append(f"skipped {len(self.bad_images)} unusable image(s): {_few([r for _, r in self.bad_images])}")
         if self.ignored_files:
-            shown = ", ".join(self.ignored_files[:5])
-            more = f" and {len(self.ignored_files) - 5} more" if len(self.ignored_files) > 5 else ""
-            parts.append(f"ignored {len(self.ignored_files)} non-image file(s): {shown}{more}")
+            parts.append(f"ignored {len(self.ignored_files)} non-image file(s): {_few(self.ignored_files)}")
+        if self.hidden:
+            parts.append(f"skipped {len(self.hidden)} hidden entr{'y' if len(self.hidden) == 1 else 'ies'}")
         if self.dropped_identities:
-            shown = ", ".join(f"{n} ({c})" for n, c in self.dropped_identities[:5])
-            more = f" and {len(self.dropped_identities) - 5} more" if len(self.dropped_identities) > 5 else ""
             parts.append(f"dropped {len(self.dropped_identities)} identity folder(s) with too few images: "
-                         f"{shown}{more}")
+                         f"{_few([f'{n} ({c})' for n, c in self.dropped_identities])}")
         return "; ".join(parts)
+
+
+def _few(items: list[str], k: int = 5) -> str:
+    more = f" and {len(items) - k} more" if len(items) > k else ""
+    return ", ".join(items[:k]) + more
 
 
 @dataclass
@@ -76,44 +58,41 @@ class FaceFolder:
     def num_images(self) -> int:
         return sum(len(v) for v in self.identities.values())
 
+    def tally(self) -> FileTally:
+        """The scan as the counts every folder command prints."""
+        return FileTally([p for v in self.identities.values() for p in v], list(self.report.ignored_files),
+                         list(self.report.bad_images), list(self.report.hidden))
+
 
 def scan_folder(root: str | Path, verify: bool = True, min_images: int = 1) -> FaceFolder:
-    """List ``root``'s identity folders and their images.
+    """List ``root``'s identity folders and their images (chosen by content, any depth below the identity folder).
 
-    With ``verify`` every image is decoded once, so a corrupt file is found here and reported in one place rather
-    than crashing an epoch hours later. Stray files beside the identity folders (``pairs.txt`` in LFW) and
-    non-image files inside them are counted in the report, never read as faces.
+    With ``verify`` every image is decoded once through the gate, so a corrupt or oversized file is found here and
+    reported in one place rather than crashing an epoch hours later. Stray files beside the identity folders
+    (``pairs.txt`` in LFW) and non-image files inside them are counted in the report, never read as faces.
     """
     root = Path(root)
     if not root.exists():
         raise FacelabError(f"data folder not found: {root}")
     if not root.is_dir():
         raise FacelabError(f"data path is not a folder: {root}")
-    report = ScanReport()
+    tally = list_images(root, verify=verify)
+    report = ScanReport(ignored_files=tally.ignored, bad_images=tally.failed, hidden=tally.hidden)
+    grouped: dict[str, list[str]] = {}
+    for rel in tally.images:
+        ident, sep, _ = rel.partition("/")
+        if sep:
+            grouped.setdefault(ident, []).append(rel)
+        else:
+            report.ignored_files.append(rel)  # an image beside the identity folders belongs to no identity
+    empty = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name not in grouped]
     identities: dict[str, list[str]] = {}
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            report.ignored_files.append(entry.name)
-            continue
-        images = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    report.ignored_files.append(rel)
-                    continue
-                if verify and (reason := check_image(root / rel)) is not None:
-                    report.bad_images.append((rel, reason))
-                    continue
-                images.append(rel)
+    for ident in sorted([*grouped, *empty]):
+        images = grouped.get(ident, [])
         if len(images) < min_images:
-            report.dropped_identities.append((entry.name, len(images)))
+            report.dropped_identities.append((ident, len(images)))
             continue
-        identities[entry.name] = images
+        identities[ident] = images
     if not identities:
         detail = f" ({report.summary()})" if report.summary() else ""
         raise FacelabError(

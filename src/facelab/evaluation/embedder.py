@@ -11,7 +11,6 @@ stale embeddings.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -21,16 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 from torch import nn
 from torch.utils.data import Dataset
 
 from facelab.config import TrainConfig, from_dict
-from facelab.data import SplitManifest, base_transform, eval_transform, load_rgb
+from facelab.data import SplitManifest, base_transform, eval_transform
 from facelab.engine.checkpoint import load_checkpoint
 from facelab.engine.trainer import build_model_and_loss, resolve_device
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
+from facelab.images import read_image
 from facelab.losses import FaceLoss
 from facelab.utils.io import atomic_open
 
@@ -102,14 +101,7 @@ class _Images(Dataset[tuple[torch.Tensor, int]]):
         return len(self.sources)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        src = self.sources[i]
-        name, handle = (src[0], io.BytesIO(src[1])) if isinstance(src, tuple) else (str(src), src)
-        try:
-            img = load_rgb(handle)  # type: ignore[arg-type]
-        except FileNotFoundError:
-            raise FacelabError(f"image not found: {name}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise FacelabError(f"cannot decode image {name}: {exc}") from None
+        img = read_image(self.sources[i])  # an ImageError names the image
         return self.transform(self.base(img)), 0
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.data.folder import IMAGE_EXTENSIONS
 from facelab.errors import FacelabError
 from facelab.evaluation.calibration import calibrated_threshold
 from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
@@ -36,6 +35,7 @@ from facelab.evaluation.identification import (
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
 from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
 from facelab.evaluation.report import write_verification_report
+from facelab.images import list_images as _list_files
 from facelab.utils.io import atomic_open
 
 UNKNOWN = "n000000"
@@ -44,11 +44,11 @@ IDENTITY_COLUMNS = ("known", "label", "identity")
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """The images of a flat folder, chosen by content (sorted)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FacelabError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [folder / p for p in _list_files(folder, recursive=False, verify=False).images]
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:

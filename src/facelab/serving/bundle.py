@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from facelab.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from facelab.errors import FacelabError
-from facelab.serving.images import decode_image
+from facelab.images import read_image
 from facelab.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class Bundle:
             tensors = []
             for p in paths[start:start + batch_size]:
                 try:
-                    tensors.append(self.preprocess(decode_image(p)))
+                    tensors.append(self.preprocess(read_image(p)))
                     done.append(str(p))
                 except FacelabError as exc:
                     if strict:

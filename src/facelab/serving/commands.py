@@ -164,15 +164,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _image_files(paths: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted, recursive)."""
-    from facelab.data.folder import IMAGE_EXTENSIONS
+    """Files as given, folders expanded to their image files (by content, sorted, recursive)."""
+    from facelab.images import list_images
 
     files: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            tally = list_images(p, verify=False)  # failed ones are kept so the embedding step reports them
+            files += sorted([p / f for f in tally.images] + [p / f for f, _ in tally.failed])
         elif p.is_file():
             files.append(p)
         else:

@@ -140,10 +140,10 @@ class ExportResult:
 
 def parity_batch(bundle: Bundle, images: Sequence[str | Path] = (), random: int = 4, seed: int = 0) -> torch.Tensor:
     """Real preprocessed images (if given) plus a few seeded random inputs: both must agree after export."""
-    from facelab.serving.images import decode_image
+    from facelab.images import read_image
 
     size = bundle.meta.input_size
-    real = [bundle.preprocess(decode_image(p)) for p in images]
+    real = [bundle.preprocess(read_image(p)) for p in images]
     noise = torch.randn((random, 3, size, size), generator=torch.Generator().manual_seed(seed))
     return torch.cat([torch.stack(real), noise]) if real else noise
 

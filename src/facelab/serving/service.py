@@ -17,10 +17,11 @@ from importlib import resources
 from typing import Annotated, Any
 
 from facelab.errors import FacelabError
+from facelab.images import ImageTooLarge, UnsupportedImage, read_image
 from facelab.serving.bundle import Bundle
 from facelab.serving.extras import require
 from facelab.serving.gallery import Gallery, UnknownIdentity
-from facelab.serving.images import ALLOWED_CONTENT_TYPES, ImageTooLarge, UnsupportedImage, decode_image
+from facelab.serving.images import ALLOWED_CONTENT_TYPES
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it
@@ -180,7 +181,7 @@ def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
             declared = (up.content_type or "").split(";")[0].strip().lower()
             if declared not in ALLOWED_CONTENT_TYPES | UNDECLARED_TYPES:
                 raise UnsupportedImage(f"{name}: content type {declared!r} is not an accepted image type")
-            images.append(decode_image(up.file.read(max_upload_bytes + 1), name))
+            images.append(read_image(up.file.read(max_upload_bytes + 1), name))
         return bundle.embed_images(images)
 
     @app.get("/health", response_model=HealthOut, tags=["service"])
