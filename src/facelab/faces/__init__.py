@@ -1,0 +1,6 @@
+"""Faces in photos: detection behind a registry, 5-point alignment onto the ArcFace template, and the policy that
+turns a decoded image into the face crop(s) a model embeds (:func:`prepare_faces`)."""
+
+from facelab.faces.base import DETECTORS, Detection, Detector, FaceCrop, NoFaceFound, prepare_faces
+
+__all__ = ["DETECTORS", "Detection", "Detector", "FaceCrop", "NoFaceFound", "prepare_faces"]
