@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from facelab.config import TrainConfig, load_config
-from facelab.engine import distributed as D
 from facelab.engine.trainer import _Run
+from facelab.utils import distributed as D
 
 
 def config(args: argparse.Namespace, out: Path, device: str, *extra: str) -> TrainConfig:

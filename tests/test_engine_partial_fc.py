@@ -16,11 +16,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from facelab.config import LossConfig
-from facelab.engine.distributed import DistContext, shard_range
 from facelab.engine.state import load_module_state, merged_module_state, merged_optimizer_state
 from facelab.errors import FacelabError
 from facelab.losses import build_loss
 from facelab.losses.partial_fc import PartialFC, memory_estimate
+from facelab.utils.distributed import DistContext, shard_range
 
 DIM, CLASSES, BATCH, IN = 8, 7, 6, 5  # 7 classes over 2 ranks: uneven shards (4 + 3)
 OPTIONS = [{"scale": 8.0, "margin_options": {"margin": 0.3}},

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from facelab.config import TrainConfig, load_config
-from facelab.engine import load_checkpoint, train
-from facelab.engine.distributed import DistContext
+from facelab.engine import train
 from facelab.engine.trainer import _Run
 from facelab.errors import FacelabError
+from facelab.runs import load_checkpoint
+from facelab.utils.distributed import DistContext
 
 TINY = ["data.input_size=64", "data.batch_size=4", "data.cache_images=true", "model.width=8",
         "model.embedding_dim=32", "loss.options.scale=16", "optim.epochs=2", "threads=1",

@@ -16,11 +16,10 @@ from sklearn.metrics import roc_auc_score
 from facelab.cli import main
 from facelab.config import load_config, to_dict
 from facelab.data import make_split, scan_folder
-from facelab.engine.checkpoint import save_checkpoint
-from facelab.engine.trainer import build_model_and_loss
 from facelab.evaluation import hw2p2
-from facelab.evaluation.embedder import Embedder, load_run
+from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.pairs import evaluate_pairs, write_pairs_csv
+from facelab.runs import build_model_and_loss, load_run, save_checkpoint
 
 
 @pytest.fixture(scope="module")

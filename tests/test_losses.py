@@ -605,7 +605,7 @@ def test_triplet_recipe_trains_and_evaluates_by_nearest_centre(small_faces: Path
 @pytest.mark.slow
 def test_sphereface_schedule_survives_resume(small_faces: Path, tmp_path: Path) -> None:
     from facelab.engine import train
-    from facelab.engine.checkpoint import load_checkpoint
+    from facelab.runs import load_checkpoint
 
     cfg = _tiny_config(small_faces, tmp_path / "run", "sphereface", epochs=2)
     train(cfg, quiet=True, stop_after_epochs=1)

@@ -11,8 +11,8 @@ import pytest
 from test_serving_support import face_files, fake_run, one_thread, tiny_bundle  # noqa: F401  (one_thread: autouse)
 
 from facelab.cli import build_parser, main
-from facelab.serving import extras
 from facelab.serving.bundle import Bundle
+from facelab.utils import extras
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

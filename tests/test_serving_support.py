@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from facelab.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from facelab.engine.checkpoint import save_checkpoint
 from facelab.models import build_backbone
+from facelab.runs import save_checkpoint
 from facelab.serving.bundle import Bundle
 
 TINY_MODEL = ModelConfig(backbone="resnet18", width=8, embedding_dim=32)

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from facelab.config import TrainConfig, load_config
-from facelab.engine import load_checkpoint, save_checkpoint, train
+from facelab.engine import train
 from facelab.errors import FacelabError
 from facelab.evaluation.protocol import evaluate, format_table
+from facelab.runs import load_checkpoint, save_checkpoint
 
 TINY = [
     "data.input_size=64", "data.batch_size=16", "data.cache_images=true", "model.width=8",

@@ -1,6 +1,5 @@
-"""Training engine: optimizers, schedules, checkpoints and the training loop."""
+"""Training engine: optimizers, schedules, EMA, AMP and the training loop (checkpoints: :mod:`facelab.runs`)."""
 
-from facelab.engine.checkpoint import load_checkpoint, save_checkpoint
-from facelab.engine.trainer import TrainResult, build_model_and_loss, resolve_device, train
+from facelab.engine.trainer import TrainResult, train
 
-__all__ = ["TrainResult", "build_model_and_loss", "load_checkpoint", "resolve_device", "save_checkpoint", "train"]
+__all__ = ["TrainResult", "train"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facelab.engine.distributed import DistContext, all_gather_objects, gather_rows
+from facelab.utils.distributed import DistContext, all_gather_objects, gather_rows
 
 
 def sharded_parameters(module: nn.Module) -> dict[str, nn.Parameter]:

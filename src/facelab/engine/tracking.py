@@ -10,18 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from facelab.errors import FacelabError
+from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open
-
-TB_MISSING = "train.tensorboard needs the tensorboard package: pip install 'facelab[tb]' (or pip install tensorboard)"
-
-
-def require_tensorboard() -> type:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise FacelabError(TB_MISSING) from None
-    return SummaryWriter
 
 
 class StepLog:

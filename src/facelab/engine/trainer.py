@@ -4,7 +4,7 @@ Each epoch reseeds every RNG from ``(seed, epoch)``, so a run resumed after a ki
 same machine, the epochs an uninterrupted run would have produced. Step checkpoints (``train.checkpoint_every_steps``)
 also store the random state and the position in the epoch, so a mid-epoch resume continues the same batches.
 
-Under ``torchrun`` each process trains on its slice of every global batch (``facelab.engine.distributed``) with
+Under ``torchrun`` each process trains on its slice of every global batch (``facelab.utils.distributed``) with
 PyTorch's DistributedDataParallel; rank 0 logs and writes merged checkpoints that resume on any number of processes.
 """
 
@@ -31,9 +31,7 @@ from tqdm import tqdm
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
 from facelab.data.sampler import build_batch_sampler
-from facelab.engine import distributed as D
 from facelab.engine.amp import Precision, resolve_precision
-from facelab.engine.checkpoint import load_checkpoint, save_checkpoint
 from facelab.engine.ema import ModelEMA
 from facelab.engine.optim import build_optimizer, build_scheduler
 from facelab.engine.state import (
@@ -45,40 +43,23 @@ from facelab.engine.state import (
     set_rng_state,
     sharded_parameters,
 )
-from facelab.engine.tracking import StepLog, require_tensorboard
+from facelab.engine.tracking import StepLog
 from facelab.errors import FacelabError
-from facelab.losses import LOSSES, FaceLoss, build_loss
-from facelab.models import BACKBONES, Backbone, build_backbone, count_parameters
+from facelab.losses import LOSSES
+from facelab.models import BACKBONES, count_parameters
+from facelab.runs import CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
+from facelab.utils import distributed as D
+from facelab.utils.device import resolve_device
+from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``/``cuda`` pick GPU ``local_rank`` (torchrun's LOCAL_RANK) when CUDA is available."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise FacelabError(f"unknown device '{name}': {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FacelabError(f"device '{name}' requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_model_and_loss(cfg: TrainConfig, num_classes: int) -> tuple[Backbone, FaceLoss]:
-    backbone = build_backbone(cfg.model, cfg.data.input_size)
-    loss = build_loss(cfg.loss, cfg.model.embedding_dim, num_classes)
-    return backbone, loss
 
 
 @dataclass
@@ -142,7 +123,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, ctx: D.DistContext, resume: bool, quiet: bool) -> None:
         self.ctx, self.quiet = ctx, quiet
         self.out = Path(cfg.out_dir)
-        self.ckpt_path = self.out / "checkpoint.pt"
+        self.ckpt_path = self.out / CHECKPOINT
         state: dict[str, Any] | None = None
         if resume:
             state = load_checkpoint(self.ckpt_path)
@@ -199,8 +180,8 @@ class _Run:
             self.say(f"data: {folder.report.summary()}")
         manifest = make_split(folder, cfg.data.split)
         self.out.mkdir(parents=True, exist_ok=True)
-        manifest.save(self.out / "split.json")
-        save_yaml(cfg, self.out / "config.yaml")
+        manifest.save(self.out / SPLIT)
+        save_yaml(cfg, self.out / CONFIG)
         return manifest.to_dict()
 
     def _build(self) -> None:

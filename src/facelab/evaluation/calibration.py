@@ -8,8 +8,6 @@ never applied to a different model.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
+from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.identification import (
     Searches,
     best_open_set_accuracy,
@@ -31,10 +29,7 @@ from facelab.evaluation.identification import (
 from facelab.evaluation.metrics import best_accuracy, eer, roc_curve, score_type, tar_at_far
 from facelab.evaluation.pairs import read_pairs
 from facelab.registry import Registry
-from facelab.utils.io import write_json
-
-THRESHOLDS_FILE = "thresholds.json"
-FORMAT, VERSION = "facelab-thresholds", 1
+from facelab.runs import THRESHOLDS, LoadedRun, load_run, save_thresholds
 
 #: objective -> ``fn(scores, labels, target) -> oriented threshold`` for 1:1 verification
 VERIFICATION_OBJECTIVES: Registry[float] = Registry("verification calibration objective")
@@ -98,46 +93,6 @@ def calibrate_open_set(searches: Searches, objective: str = "fpir", target: floa
         "searches": {"mated": int(searches.mated.sum()), "non_mated": non},
         "reliable": objective != "fpir" or non * float(target or 0) >= 1,
     }
-
-
-def save_thresholds(run_dir: str | Path, entries: list[dict[str, Any]], fingerprint: str,
-                    dev: str = "") -> Path:
-    """Write (merge) calibrated thresholds into ``RUN/thresholds.json``, one entry per task. Entries of another
-    model fingerprint are dropped: they belong to weights that no longer exist."""
-    path = Path(run_dir) / THRESHOLDS_FILE
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model_fingerprint": fingerprint, "tasks": {}}
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old.get("model_fingerprint") == fingerprint:
-            doc["tasks"] = dict(old.get("tasks", {}))
-    for e in entries:
-        doc["tasks"][e["task"]] = {**e, "dev": dev, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json(path, doc)
-    return path
-
-
-def load_thresholds(run_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """The tasks of ``RUN/thresholds.json`` ({} if none); refuses thresholds calibrated for other weights."""
-    path = Path(run_dir) / THRESHOLDS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FacelabError(f"{path} is not valid JSON: {exc}") from None
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise FacelabError(f"{path} is not a facelab thresholds file (version {VERSION})")
-    if fingerprint is not None and doc.get("model_fingerprint") != fingerprint:
-        raise FacelabError(f"{path} was calibrated for other model weights; run `facelab calibrate` again")
-    return dict(doc.get("tasks", {}))
-
-
-def calibrated_threshold(run_dir: str | Path, task: str, score: str, fingerprint: str | None = None) -> float | None:
-    """The saved native threshold for ``task`` if it was calibrated with ``score``, else None."""
-    entry = load_thresholds(run_dir, fingerprint).get(task)
-    if entry is None or entry.get("score") != score or entry.get("threshold") is None:
-        return None
-    return float(entry["threshold"])
 
 
 def dev_searches_from_identities(emb: np.ndarray, labels: list[str], score: str = "cosine") -> Searches:
@@ -209,7 +164,7 @@ def calibrate_run(run: str | Path | LoadedRun, *, pairs: str | Path | None = Non
         s = None  # 1:1 calibrated from --pairs; no open-set dev data
     if s is not None and s.mated.any() and not s.mated.all():
         entries.append({**calibrate_open_set(s, open_objective, open_target, score), "dev": i_dev})
-    path = THRESHOLDS_FILE
+    path = THRESHOLDS
     for e in entries:
         path = str(save_thresholds(lr.path, [e], embedder.fingerprint, e["dev"]))
     return {"path": path, "entries": entries}

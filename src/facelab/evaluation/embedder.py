@@ -23,51 +23,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from facelab.config import TrainConfig, from_dict
-from facelab.data import SplitManifest, base_transform, eval_transform
-from facelab.engine.checkpoint import load_checkpoint
-from facelab.engine.trainer import build_model_and_loss, resolve_device
+from facelab.data import base_transform, eval_transform
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
 from facelab.images import read_image
-from facelab.losses import FaceLoss
+from facelab.runs import EMBEDDING_CACHE, LoadedRun, load_run
 from facelab.utils.io import atomic_open
 
 #: an image to embed: a file, or (a stable name for messages, the encoded bytes)
 ImageSource = Path | tuple[str, bytes]
 
 CACHE_FORMAT = 1
-
-
-@dataclass
-class LoadedRun:
-    """A checkpoint turned back into modules, in eval mode on ``device``."""
-
-    path: Path  # the run folder (thresholds.json and the embedding cache live here)
-    cfg: TrainConfig
-    manifest: SplitManifest
-    backbone: nn.Module
-    loss: FaceLoss
-    device: torch.device
-    epoch: int
-
-
-def run_dir(run: str | Path) -> Path:
-    p = Path(run)
-    return p if p.is_dir() else p.parent
-
-
-def load_run(run: str | Path, device: str | None = None) -> LoadedRun:
-    state = load_checkpoint(run)
-    cfg = from_dict(TrainConfig, state["config"])
-    manifest = SplitManifest.from_dict(state["manifest"])
-    dev = resolve_device(device or cfg.device)
-    backbone, loss = build_model_and_loss(cfg, manifest.num_classes)
-    backbone.load_state_dict(state["model"])
-    loss.load_state_dict(state["loss"])
-    backbone.to(dev).eval()
-    loss.to(dev).eval()
-    return LoadedRun(run_dir(run), cfg, manifest, backbone, loss, dev, int(state["epoch"]))
 
 
 def model_fingerprint(model: nn.Module, **preprocessing: Any) -> str:
@@ -169,7 +135,7 @@ class Embedder:
         fp = model_fingerprint(lr.backbone, input_size=lr.cfg.data.input_size, flip=use_flip,
                                mean=lr.cfg.data.mean, std=lr.cfg.data.std)
         return cls(lr.backbone, lr.cfg.data.input_size, tf, device=lr.device, flip=use_flip,
-                   batch_size=lr.cfg.eval.batch_size, cache_dir=lr.path / "embedding_cache" if cache else None,
+                   batch_size=lr.cfg.eval.batch_size, cache_dir=lr.path / EMBEDDING_CACHE if cache else None,
                    progress=progress, fingerprint=fp)
 
     def embed(self, sources: Sequence[ImageSource], desc: str = "embed") -> np.ndarray:

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from facelab.errors import FacelabError
-from facelab.evaluation.calibration import calibrated_threshold
-from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
+from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.identification import (
     best_open_set_accuracy,
     evaluate_searches,
@@ -36,6 +35,7 @@ from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_typ
 from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
 from facelab.evaluation.report import write_verification_report
 from facelab.images import list_images as _list_files
+from facelab.runs import LoadedRun, calibrated_threshold, load_run
 from facelab.utils.io import atomic_open
 
 UNKNOWN = "n000000"

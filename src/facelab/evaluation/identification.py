@@ -23,9 +23,10 @@ import numpy as np
 
 from facelab.data import scan_folder
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder, LoadedRun, load_run
+from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, score_type
 from facelab.evaluation.report import write_identification_report
+from facelab.runs import LoadedRun, calibrated_threshold, load_run
 
 
 @dataclass
@@ -206,8 +207,6 @@ def evaluate_gallery_probes(run: str | Path | LoadedRun, gallery: str | Path, pr
     """``facelab identify-eval``: gallery and probe identity folders; probes whose identity has no gallery folder
     are non-mated searches. Open-set accuracy is also reported at ``threshold`` or, failing that, at the run's
     calibrated identification threshold (thresholds.json) when it was calibrated with the same score."""
-    from facelab.evaluation.calibration import calibrated_threshold
-
     lr = run if isinstance(run, LoadedRun) else load_run(run, device)
     embedder = Embedder.from_run(lr, flip=flip, cache=cache, progress=not quiet)
     g_paths, g_labels = folder_items(gallery)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder, ImageSource, LoadedRun, load_run
+from facelab.evaluation.embedder import Embedder, ImageSource
 from facelab.evaluation.metrics import (
     DEFAULT_FAR_TARGETS,
     best_accuracy,
@@ -29,6 +29,7 @@ from facelab.evaluation.metrics import (
 from facelab.evaluation.report import write_verification_report
 from facelab.evaluation.scorers import PairScorer, build_scorer
 from facelab.registry import Registry
+from facelab.runs import LoadedRun, load_run
 
 
 @dataclass

@@ -18,9 +18,9 @@ import torch
 from facelab.data import FaceDataset, eval_transform
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
-from facelab.evaluation.embedder import load_run
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
+from facelab.runs import load_run
 from facelab.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
 
 def log_to_tensorboard(logdir: Path, metrics: dict[str, Any], epoch: int) -> None:
     """Evaluation figures beside the training curves of a run trained with ``train.tensorboard`` (x axis: epoch)."""
-    from facelab.engine.tracking import require_tensorboard
+    from facelab.utils.extras import require_tensorboard
 
     scalars: dict[str, float] = {}
     if "closed_set" in metrics:

@@ -32,6 +32,7 @@ import facelab.losses  # noqa: F401  (registers the margin heads)
 from facelab.config import LossConfig
 from facelab.losses.base import FaceLoss, LossOutput, at_least_fp32, build_loss, check_option, register_loss
 from facelab.losses.classification import CosineClassifier
+from facelab.utils.distributed import shard_range
 
 #: optimizer state tensors per parameter, by optimizer name (for the memory estimate)
 OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}
@@ -99,8 +100,6 @@ def _world() -> tuple[int, int]:
 
 
 def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
-    from facelab.engine.distributed import shard_range  # engine imports losses; import lazily to avoid a cycle
-
     return shard_range(n, rank, world)
 
 

@@ -189,8 +189,8 @@ class Bundle:
     @classmethod
     def from_run(cls, run: str | Path, threshold: float | None = None, flip_tta: bool | None = None) -> Bundle:
         """Bundle a trained run (folder or checkpoint file); the threshold as in :func:`resolve_threshold`."""
-        from facelab.engine.checkpoint import load_checkpoint
         from facelab.models import build_backbone
+        from facelab.runs import load_checkpoint
 
         run = Path(run)
         run_dir = run if run.is_dir() else run.parent

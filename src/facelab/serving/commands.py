@@ -314,7 +314,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from facelab.serving.extras import require
+    from facelab.utils.extras import require
 
     uvicorn = require("uvicorn", "serve")
     from facelab.serving.service import create_app

@@ -24,7 +24,7 @@ from torch import nn
 from facelab.errors import FacelabError
 from facelab.registry import Registry
 from facelab.serving.bundle import Bundle
-from facelab.serving.extras import require
+from facelab.utils.extras import require
 from facelab.utils.io import atomic_open
 
 META_FILE = "facelab.json"

@@ -28,7 +28,7 @@ import torch
 
 from facelab.errors import FacelabError
 from facelab.registry import Registry
-from facelab.serving.extras import require
+from facelab.utils.extras import require
 
 SCHEMA_VERSION = 1
 SCHEMA = """

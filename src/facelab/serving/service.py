@@ -19,9 +19,9 @@ from typing import Annotated, Any
 from facelab.errors import FacelabError
 from facelab.images import ImageTooLarge, UnsupportedImage, read_image
 from facelab.serving.bundle import Bundle
-from facelab.serving.extras import require
 from facelab.serving.gallery import Gallery, UnknownIdentity
 from facelab.serving.images import ALLOWED_CONTENT_TYPES
+from facelab.utils.extras import require
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it

@@ -14,3 +14,15 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise FacelabError(f"{module} is not installed: pip install 'facelab[{extra}]'") from None
+
+
+TB_MISSING = "train.tensorboard needs the tensorboard package: pip install 'facelab[tb]' (or pip install tensorboard)"
+
+
+def require_tensorboard() -> type:
+    """torch's SummaryWriter, or a FacelabError naming the ``tb`` extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FacelabError(TB_MISSING) from None
+    return SummaryWriter
