@@ -1,45 +1,10 @@
-"""Command line: ``facelab train | eval | demo``. Errors the user can fix print as one line, not a traceback."""
+"""CLI: evaluation commands -- ``facelab eval | pairs | identify-eval | calibrate | hw2p2``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 
-from facelab.cli_common import add_run_argument
-from facelab.errors import FacelabError
-from facelab.serving.commands import COMMANDS as SERVING_COMMANDS
-from facelab.serving.commands import add_parsers as add_serving_parsers
-
-DESCRIPTION = (
-    "facelab: train and evaluate face recognition models on folders of faces laid out as ROOT/<identity>/<image>. "
-    "Closed set: classify held-out images of identities seen in training. Open set: verify (1:1) and identify "
-    "(1:N) identities never seen in training."
-)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on an identity folder",
-                       description="Train a backbone with a face loss on ROOT/<identity>/<image>. The split is "
-                       "seeded and saved (split.json) so `facelab eval` scores exactly the held-out images. A "
-                       "checkpoint is written atomically after every epoch; --resume continues a stopped run.")
-    p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
-    p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
-    p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
-    p.add_argument("--epochs", type=int, help="number of epochs (sets optim.epochs)")
-    p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone)")
-    p.add_argument("--loss", help="loss name, e.g. arcface, softmax (sets loss.name)")
-    p.add_argument("--batch-size", type=int, help="images per step (sets data.batch_size)")
-    p.add_argument("--lr", type=float, help="peak learning rate (sets optim.lr)")
-    p.add_argument("--input-size", type=int, help="square input side in pixels (sets data.input_size)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set loss.options.margin=0.3 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, "
-                   "with the config stored in it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+from facelab.cli.common import Handler, add_run_argument
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -53,32 +18,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the training device setting)")
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train + evaluate on the bundled ORL faces and print the results",
-                       description="Train on 30 of the 40 bundled ORL identities (8 images each), then report "
-                       "closed-set accuracy on their 2 held-out images and open-set verification on the 10 "
-                       "identities never seen. Takes a few minutes on 2 CPU cores.")
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/demo-<timestamp>)")
-    p.add_argument("--epochs", type=int, help="override the demo's epoch count (fewer = faster, less accurate)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the demo config, e.g. --set model.backbone=mobilefacenet")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-
-
-def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the backbones with parameters and MACs; compare convolution costs",
-                       description="List every registered backbone with its parameter count and multiply-accumulates "
-                       "(conv + linear, per image) at an input size, counted on the real modules. With --conv, "
-                       "compare a standard and a depthwise-separable convolution instead.")
-    p.add_argument("--input-size", type=int, default=112, help="square input side in pixels (default 112)")
-    p.add_argument("--embedding-dim", type=int, default=512, help="embedding size (default 512)")
-    p.add_argument("--width", type=int, default=64, help="width (64 = the papers' channel counts; default 64)")
-    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option for every row, e.g. --set norm=group (repeatable)")
-    p.add_argument("--conv", nargs="+", metavar="KEY=N",
-                   help="compare standard vs depthwise-separable convolution: in=M out=N k=K hw=SIDE")
 
 
 def _add_embed_options(p: argparse.ArgumentParser) -> None:
@@ -179,48 +118,12 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
         m.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facelab", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('facelab').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="run facelab COMMAND --help")
-    _add_train(sub)
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_eval(sub)
-    _add_demo(sub)
-    _add_models(sub)
     _add_pairs(sub)
     _add_identify_eval(sub)
     _add_calibrate(sub)
     _add_hw2p2(sub)
-    add_serving_parsers(sub)  # bundle, export, embed, verify, enroll, identify, gallery, serve
-    return parser
-
-
-TRAIN_FLAGS = {
-    "data": "data.root", "out": "out_dir", "epochs": "optim.epochs", "backbone": "model.backbone",
-    "loss": "loss.name", "batch_size": "data.batch_size", "lr": "optim.lr", "input_size": "data.input_size",
-    "device": "device",
-}
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from facelab.config import load_config
-    from facelab.engine import train
-
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
-                 if getattr(args, flag) is not None]
-    if args.resume:
-        if args.config is None and args.out is None:
-            raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
-            raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-    cfg = load_config(args.config, [*overrides, *args.overrides])
-    result = train(cfg, resume=args.resume, quiet=args.quiet)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
-        print(f"next: facelab eval {Path(result.out_dir)}")
-    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -228,28 +131,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.run, args.data, args.out, args.device, False if args.no_flip else None, args.quiet)
     print(format_table(metrics))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from facelab.demo import run_demo, summary
-
-    overrides = list(args.overrides)
-    if args.epochs is not None:
-        overrides.append(f"optim.epochs={args.epochs}")
-    print(summary(run_demo(args.out, overrides, args.quiet)))
-    return 0
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from facelab.config import apply_overrides
-    from facelab.models.summary import compare_conv, conv_table, models_table, parse_conv_spec
-
-    if args.conv:
-        print(conv_table(compare_conv(**parse_conv_spec(args.conv))))
-    else:
-        options = apply_overrides({}, args.options)
-        print(models_table(args.input_size, args.embedding_dim, args.width, options))
     return 0
 
 
@@ -308,24 +189,5 @@ def _cmd_hw2p2(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "models": _cmd_models,
-            "pairs": _cmd_pairs, "identify-eval": _cmd_identify_eval, "calibrate": _cmd_calibrate,
-            "hw2p2": _cmd_hw2p2}
-COMMANDS.update(SERVING_COMMANDS)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="facelab: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except FacelabError as exc:
-        print(f"facelab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("facelab: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+COMMANDS: dict[str, Handler] = {"eval": _cmd_eval, "pairs": _cmd_pairs, "identify-eval": _cmd_identify_eval,
+                                "calibrate": _cmd_calibrate, "hw2p2": _cmd_hw2p2}

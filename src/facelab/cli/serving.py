@@ -11,14 +11,11 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from facelab.cli_common import add_run_argument
+from facelab.cli.common import Handler, add_run_argument
 from facelab.errors import FacelabError
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _bundle_arg(p: argparse.ArgumentParser) -> None:

@@ -1,9 +1,12 @@
-"""Argument definitions shared by ``facelab.cli`` and ``facelab.serving.commands`` (kept apart to avoid an import
-cycle: cli imports the serving commands)."""
+"""Pieces every CLI module shares: the handler type and the model-reference argument."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+#: a subcommand: parsed arguments -> exit code
+Handler = Callable[[argparse.Namespace], int]
 
 
 def add_run_argument(p: argparse.ArgumentParser) -> None:
