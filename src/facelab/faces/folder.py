@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from PIL import Image
 
 from facelab.errors import FacelabError
 from facelab.faces.base import NoFaceFound
+from facelab.faces.parallel import parallel_map
 from facelab.faces.pipeline import AlignOptions, faces_in
 from facelab.images import FileTally, ImageError, list_images, read_image
 from facelab.utils.io import atomic_open, write_json
@@ -92,22 +90,6 @@ def _save(img: Image.Image, path: Path, fmt: str) -> None:
             img.save(fh, format="PNG")
 
 
-# ------------------------------------------------------------------------------------------------- worker processes
-_worker_settings: AlignSettings | None = None
-
-
-def _init_worker(settings: dict[str, Any]) -> None:
-    global _worker_settings
-    import cv2
-
-    from facelab.faces.detectors import set_default_threads
-
-    cv2.setNumThreads(1)
-    set_default_threads(1)
-    _worker_settings = AlignSettings(settings["detector"], settings["size"], settings["options"],
-                                     settings["all_faces"], settings["format"])
-
-
 def align_one(src: Path, dst: Path, rel: str, settings: AlignSettings) -> dict[str, Any]:
     """Align one image ``src/rel`` into ``dst``; returns its manifest record (never raises for a bad image)."""
     path = src / rel
@@ -135,10 +117,8 @@ def align_one(src: Path, dst: Path, rel: str, settings: AlignSettings) -> dict[s
     return {**record, "status": status, "faces_found": found, "crops": faces}
 
 
-def _work(job: tuple[str, str, str]) -> dict[str, Any]:
-    assert _worker_settings is not None
-    src, dst, rel = job
-    return align_one(Path(src), Path(dst), rel, _worker_settings)
+def _work(job: tuple[Path, Path, str, AlignSettings]) -> dict[str, Any]:
+    return align_one(*job)
 
 
 # ------------------------------------------------------------------------------------------------------- the folder
@@ -199,20 +179,6 @@ def _done(rec: dict[str, Any] | None, src: Path, dst: Path) -> bool:
     return all((dst / c["file"]).is_file() for c in rec.get("crops", []) if c.get("file"))
 
 
-def _jobs(src: Path, dst: Path, todo: list[str], workers: int, settings: AlignSettings) -> Iterator[dict[str, Any]]:
-    if workers <= 1 or len(todo) < 2:
-        from facelab.faces.detectors import set_default_threads
-
-        set_default_threads(0)
-        for rel in todo:
-            yield align_one(src, dst, rel, settings)
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch/OpenCV thread pools
-    chunk = max(1, min(32, len(todo) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(settings.to_dict(),)) as pool:
-        yield from pool.imap_unordered(_work, [(str(src), str(dst), rel) for rel in todo], chunksize=chunk)
-
-
 def align_folder(src: str | Path, dst: str | Path, settings: AlignSettings, *, workers: int = 2,
                  sheet: int = 64, progress: bool = True) -> AlignSummary:
     """Align every image under ``src`` into ``dst`` (same relative layout). See the module docstring.
@@ -243,7 +209,7 @@ def align_folder(src: str | Path, dst: str | Path, settings: AlignSettings, *, w
         if header is None:
             log_fh.write(json.dumps({"settings": wanted}) + "\n")
         bar = tqdm(total=len(todo), desc="align", unit="img", disable=not progress, smoothing=0.05)
-        for rec in _jobs(src, dst, todo, workers, settings):
+        for rec in parallel_map(_work, [(src, dst, rel, settings) for rel in todo], workers):
             records[rec["image"]] = rec
             log_fh.write(json.dumps(rec) + "\n")
             log_fh.flush()
@@ -303,8 +269,3 @@ def contact_sheet(root: Path, records: list[dict[str, Any]], out: Path, n: int =
     with atomic_open(out, "wb") as fh:
         sheet.save(fh, format="PNG")
     return out
-
-
-def default_workers() -> int:
-    """Two processes, or one on a single-core machine."""
-    return max(1, min(2, os.cpu_count() or 1))
