@@ -5,7 +5,7 @@ there is no large disjoint training set. This script therefore
 
 1. writes a centre crop of every deep-funneled image (the face fills the middle of the 250x250 frame; the rest is
    background a 64-pixel model would waste its pixels on) to ``OUT/crops/<identity>/<image>``;
-2. builds two training trees of symlinks, ``OUT/train_folds_1-5`` and ``OUT/train_folds_6-10``, holding the
+2. builds two training trees of linked files, ``OUT/train_folds_1-5`` and ``OUT/train_folds_6-10``, holding the
    identities (with at least ``--min-images`` images) of one half of the folds in people.txt.
 
 3. writes ``OUT/pairs_folds_1-5.csv`` and ``OUT/pairs_folds_6-10.csv``: the official pairs of each half as
@@ -65,10 +65,12 @@ def main() -> None:
         tree = args.out / name
         tree.mkdir(parents=True, exist_ok=True)
         people = {k: v for f in half for k, v in folds[f].items() if v >= args.min_images}
-        for person in people:
-            link = tree / person
-            if not link.exists():
-                os.symlink((crops / person).resolve(), link)
+        for person in people:  # real folders of linked files: folder scans do not follow linked folders
+            (tree / person).mkdir(exist_ok=True)
+            for img in sorted((crops / person).iterdir()):
+                link = tree / person / img.name
+                if not link.exists():
+                    os.symlink(img.resolve(), link)
         print(f"{tree}: {len(people)} identities, {sum(people.values())} images")
     pairs = read_pairs(args.lfw / "pairs.txt", crops)
     rel = [Path(str(p)).relative_to(crops).as_posix() for p in pairs.images]

@@ -24,6 +24,13 @@ ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.025
 CROP_LANDMARKS = np.array([[0.318, 0.466], [0.682, 0.466], [0.500, 0.635], [0.348, 0.766], [0.652, 0.766]],
                           np.float64)
 
+#: How a crop is filled where it reaches outside the photo (``cv2`` border modes). ``reflect`` (the default)
+#: mirrors the surroundings: a tight crop's aligned face then has hair and wall at its edges, as the same face in a
+#: photo has, instead of black bands a model learns to rely on (the ArcFace reference crops use ``black``; measured
+#: in docs/faces.md).
+FILL_MODES = {"reflect": 4, "replicate": 1, "black": 0}  # cv2.BORDER_REFLECT_101, BORDER_REPLICATE, BORDER_CONSTANT
+DEFAULT_FILL = "reflect"
+
 #: A warp that shrinks by more than this first area-resamples the face region (bilinear warping alone would
 #: alias a 1000-pixel face drawn into 112 pixels).
 MAX_WARP_SHRINK = 0.5
@@ -74,9 +81,9 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ np.asarray(matrix, np.float64)[:, :2].T + np.asarray(matrix, np.float64)[:, 2]
 
 
-def warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """The ``size`` x ``size`` crop ``out[y, x] = rgb[M^-1 (x, y)]`` (bilinear; outside the image is black, as in
-    the ArcFace reference crops).
+def warp(rgb: np.ndarray, matrix: np.ndarray, size: int, fill: str = DEFAULT_FILL) -> np.ndarray:
+    """The ``size`` x ``size`` crop ``out[y, x] = rgb[M^-1 (x, y)]`` (bilinear). Where the crop reaches outside the
+    image it is filled per ``fill`` (:data:`FILL_MODES`).
 
     When ``M`` shrinks by more than :data:`MAX_WARP_SHRINK` (a big face in a big photo), the part of the image the
     crop covers is first resized with ``INTER_AREA`` so the warp samples a band-limited image.
@@ -101,11 +108,12 @@ def warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
             m = m @ np.array([[1 / kx, 0, x0 + 0.5 / kx - 0.5], [0, 1 / ky, y0 + 0.5 / ky - 0.5], [0, 0, 1]],
                              np.float64)
     return cv2.warpAffine(np.ascontiguousarray(src), m, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+                          borderMode=FILL_MODES[fill])
 
 
-def align(rgb: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def align(rgb: np.ndarray, landmarks: np.ndarray, size: int, fill: str = DEFAULT_FILL
+          ) -> tuple[np.ndarray, np.ndarray]:
     """(crop (size, size, 3) uint8, 2 x 3 float64 transform from image to crop pixels) for a face whose five
     ``landmarks`` (5, 2) are in ``rgb``'s pixels."""
     matrix = estimate_similarity(landmarks, template(size))
-    return warp(rgb, matrix, size), matrix
+    return warp(rgb, matrix, size, fill), matrix
