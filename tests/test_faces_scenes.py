@@ -1,41 +1,39 @@
-"""Faces in real photos through the real command line and HTTP paths: a model trained with ``--align yunet`` on ORL
-faces verifies and identifies people whose tight crops were enrolled, from 640x480 scenes they were pasted into.
+"""Faces in real photos through the real command line and HTTP paths.
 
-Slow: trains a small model once for the module (about a minute on 2 cores).
+* Two faces, no face, a 6000x4000 and a 40x40 photo: any model whose input spec says ``align: yunet`` (here random
+  weights in a bundle: the answers checked are boxes, counts and errors, not identities).
+* A tight crop vs the same face pasted into 640x480 scenes: ``facelab verify`` gives the same decision with scores
+  within 0.05, and ``facelab identify SCENE`` names the enrolled person. That needs a real recogniser: the pretrained
+  SFace (``facelab.pretrained``); skipped where it is not installed.
+
+Slow: every case runs the CLI or the service end to end, with detection, on multi-megapixel photos.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from scenes import background, paste
 
 from facelab.cli import main
+from facelab.config import ModelConfig, to_dict
 from facelab.images import read_image
-from facelab.inference.model import load_model
+from facelab.inference.model import FaceModel
+from facelab.inference.spec import InputSpec
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
+from facelab.models import build_backbone
 
 pytestmark = pytest.mark.slow
 
-TRAIN_IDS = [f"s{i}" for i in range(1, 31)]
-PEOPLE = [f"s{i}" for i in range(31, 37)]  # never trained on; enrolled from tight crops
+PEOPLE = ["s31", "s32", "s34", "s35", "s37", "s38"]
 #: (x, y, scale) of a face in a 640 x 480 scene
 PLACES = [(20, 20, 1.0), (480, 300, 1.3), (250, 60, 2.5), (60, 250, 1.8)]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, orl_root: Path) -> Path:
-    data = tmp_path_factory.mktemp("orl30")
-    for ident in TRAIN_IDS:
-        shutil.copytree(orl_root / ident, data / ident)
-    out = tmp_path_factory.mktemp("runs") / "aligned"
-    assert main(["train", "--data", str(data), "--out", str(out), "--align", "yunet", "--input-size", "64",
-                 "--epochs", "15", "--quiet", "--set", "model.width=16", "--set", "model.embedding_dim=64",
-                 "--set", "data.split.open_identities=0", "--set", "data.split.closed_images_per_identity=1",
-                 "--set", "data.batch_size=32", "--set", "loss.options.scale=16", "--set", "threads=2"]) == 0
-    return out
+#: OpenCV Zoo's cosine accept threshold for SFace
+SFACE_THRESHOLD = "0.363"
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +54,21 @@ def photos(tmp_path_factory: pytest.TempPathFactory, orl_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gallery(run: Path, orl_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("gallery") / "people.db"
+def aligned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random tiny weights whose spec detects and aligns (enough to check boxes, counts and errors)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", width=8, embedding_dim=32)
+    spec = InputSpec(input_size=64, align="yunet")
+    thresholds = Thresholds(Threshold(VERIFICATION, 0.5, "test value"), Threshold(IDENTIFICATION, 0.0, "test value"))
+    model = FaceModel.from_module(build_backbone(cfg, 64), to_dict(cfg), spec, thresholds=thresholds,
+                                  source="random", kind="module", device="cpu")
+    return model.save_bundle(tmp_path_factory.mktemp("bundle") / "aligned.safetensors")
+
+
+def enroll_all(model: str, db: Path, orl_root: Path) -> None:
     for ident in PEOPLE:
         files = [str(orl_root / ident / f"{n}.pgm") for n in (2, 3, 4, 5)]
-        assert main(["enroll", "--model", str(run), "--gallery", str(db), ident, *files, "--quiet"]) == 0
-    return db
+        assert main(["enroll", "--model", model, "--gallery", str(db), ident, *files, "--quiet"]) == 0
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> object:
@@ -70,77 +77,91 @@ def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> object:
     return json.loads(capsys.readouterr().out)
 
 
-def test_the_run_records_alignment(run: Path) -> None:
-    spec = load_model(run).spec
-    assert spec.align == "yunet" and spec.input_size == 64
+# -- structure: boxes, counts, errors ---------------------------------------------------------------------------------
+def test_two_faces_no_face_huge_and_tiny_on_the_command_line(aligned_bundle: Path, photos: Path, orl_root: Path,
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    db = tmp_path / "g.db"
+    enroll_all(str(aligned_bundle), db, orl_root)
+    model = ["--model", str(aligned_bundle), "--gallery", str(db)]
+    out = cli_json(capsys, ["identify", str(photos / "two.jpg"), *model])
+    faces = out[0]["faces"]
+    assert len(faces) == 2 and all(len(f["box"]) == 4 and f["method"] == "aligned" for f in faces)
+    left, right = sorted(faces, key=lambda f: f["box"][0])
+    assert left["box"][0] < 200 < 400 < right["box"][0] + right["box"][2]
+    capsys.readouterr()
+    assert main(["identify", str(photos / "empty.jpg"), *model]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "empty.jpg" in err and "no face found" in err
+    [face] = cli_json(capsys, ["identify", str(photos / "huge.jpg"), *model])[0]["faces"]
+    assert 2600 < face["box"][0] + face["box"][2] / 2 < 2600 + 92 * 8
+    [tiny] = cli_json(capsys, ["identify", str(photos / "tiny.png"), *model])[0]["faces"]
+    assert tiny["method"] in ("aligned", "undetected")
+    both = cli_json(capsys, ["verify", str(photos / "s31_tight.png"), str(photos / "s31_scene2.jpg"),
+                             "--model", str(aligned_bundle)])
+    assert [f["method"] for f in both["faces"]] == ["aligned", "aligned"]
+    capsys.readouterr()
+    assert main(["verify", str(photos / "s31_tight.png"), str(photos / "empty.jpg"), "--model",
+                 str(aligned_bundle)]) == 2
+    assert "no face found" in capsys.readouterr().err
 
 
-def test_verify_tight_crop_and_scenes_agree(run: Path, photos: Path, orl_root: Path,
+def test_http_two_faces_and_no_face(aligned_bundle: Path, photos: Path, orl_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("httpx", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from facelab.serving.recognition import FaceGallery
+    from facelab.serving.service import create_app
+
+    db = tmp_path / "g.db"
+    enroll_all(str(aligned_bundle), db, orl_root)
+    with FaceGallery(db, str(aligned_bundle), create=False) as g:
+        client = TestClient(create_app(g))
+
+        def post(path: str, name: str, **data: str) -> object:
+            return client.post(path, files={"image" if path == "/identify" else "image_a":
+                                            (name, (photos / name).read_bytes(), "image/jpeg")}, data=data)
+
+        r = post("/identify", "two.jpg")
+        assert r.status_code == 200, r.text
+        faces = r.json()["faces"]
+        assert len(faces) == 2 and all(len(f["box"]) == 4 and f["box"][2] > 50 for f in faces)
+        r = post("/identify", "empty.jpg")
+        assert r.status_code == 422 and "no face found" in r.json()["detail"]
+        r = post("/verify", "s34_scene2.jpg", identity="s34")
+        assert r.status_code == 200 and r.json()["faces"][0]["method"] == "aligned"
+        r = post("/identify", "huge.jpg")
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+
+
+# -- scores and identities: a real recogniser -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sface() -> str:
+    if importlib.util.find_spec("facelab.pretrained") is None:
+        pytest.skip("needs the pretrained SFace model (facelab.pretrained)")
+    return "sface"
+
+
+def test_verify_tight_crop_and_scenes_agree(sface: str, photos: Path, orl_root: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    for ident in ("s31", "s34", "s36"):
+    for ident in ("s31", "s34", "s37"):
         ref = str(orl_root / ident / "2.pgm")
-        tight = cli_json(capsys, ["verify", ref, str(photos / f"{ident}_tight.png"), "--model", str(run),
-                                  "--threshold", "0.3"])
-        assert tight["faces"][1]["method"] == "aligned"  # YuNet finds the 92 x 112 crop itself
-        for i in range(len(PLACES)):
-            scene = cli_json(capsys, ["verify", ref, str(photos / f"{ident}_scene{i}.jpg"), "--model", str(run),
-                                      "--threshold", "0.3"])
+        argv = ["--model", sface, "--threshold", SFACE_THRESHOLD]
+        tight = cli_json(capsys, ["verify", ref, str(photos / f"{ident}_tight.png"), *argv])
+        for i, (x, y, s) in enumerate(PLACES):
+            scene = cli_json(capsys, ["verify", ref, str(photos / f"{ident}_scene{i}.jpg"), *argv])
             assert scene["same_person"] == tight["same_person"]
-            assert abs(scene["score"] - tight["score"]) < 0.05, (ident, i, scene["score"], tight["score"])
-            x, y, s = PLACES[i]
+            assert abs(scene["score"] - tight["score"]) <= 0.05, (ident, i, scene["score"], tight["score"])
             bx, by, bw, bh = scene["faces"][1]["box"]
             assert x <= bx + bw / 2 <= x + 92 * s and y <= by + bh / 2 <= y + 112 * s
 
 
-def test_identify_scenes_names_the_enrolled_person(run: Path, photos: Path, gallery: Path,
+def test_identify_scenes_names_the_enrolled_person(sface: str, photos: Path, orl_root: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "people.db"
+    enroll_all(sface, db, orl_root)
     scenes = [str(photos / f"{ident}_scene{i}.jpg") for ident in PEOPLE for i in range(len(PLACES))]
-    out = cli_json(capsys, ["identify", *scenes, "--model", str(run), "--gallery", str(gallery),
-                            "--threshold", "0"])
+    out = cli_json(capsys, ["identify", *scenes, "--model", sface, "--gallery", str(db), "--threshold",
+                            SFACE_THRESHOLD])
     named = [r["faces"][0]["identity"] for r in out]
-    truth = [ident for ident in PEOPLE for _ in PLACES]
-    right = sum(a == b for a, b in zip(named, truth, strict=True))
-    assert right >= len(truth) - 1, list(zip(named, truth, strict=True))  # a 64-pixel model trained 15 epochs
-
-
-def test_two_faces_no_face_huge_and_tiny(run: Path, photos: Path, gallery: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    out = cli_json(capsys, ["identify", str(photos / "two.jpg"), "--model", str(run), "--gallery", str(gallery),
-                            "--threshold", "0"])
-    faces = out[0]["faces"]
-    assert len(faces) == 2 and all(len(f["box"]) == 4 and f["method"] == "aligned" for f in faces)
-    by_x = sorted(faces, key=lambda f: f["box"][0])
-    assert by_x[0]["box"][0] < 300 < by_x[1]["box"][0]
-    capsys.readouterr()
-    assert main(["identify", str(photos / "empty.jpg"), "--model", str(run), "--gallery", str(gallery)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "empty.jpg" in err and "no face found" in err
-    huge = cli_json(capsys, ["identify", str(photos / "huge.jpg"), "--model", str(run), "--gallery",
-                             str(gallery), "--threshold", "0"])
-    [face] = huge[0]["faces"]
-    assert 2600 < face["box"][0] + face["box"][2] / 2 < 2600 + 92 * 8
-    tiny = cli_json(capsys, ["identify", str(photos / "tiny.png"), "--model", str(run), "--gallery",
-                             str(gallery), "--threshold", "0"])
-    assert tiny[0]["faces"][0]["method"] in ("aligned", "undetected")
-
-
-def test_http_two_faces_and_no_face(run: Path, photos: Path, gallery: Path) -> None:
-    pytest.importorskip("httpx", reason="the serve extra is not installed")
-    from fastapi.testclient import TestClient
-
-    from facelab.inference.thresholds import IDENTIFICATION, Threshold
-    from facelab.serving.recognition import FaceGallery
-    from facelab.serving.service import create_app
-
-    with FaceGallery(gallery, str(run), create=False) as g:
-        client = TestClient(create_app(g, identification=Threshold(IDENTIFICATION, 0.0, "test")))
-        r = client.post("/identify", files={"image": ("two.jpg", (photos / "two.jpg").read_bytes(), "image/jpeg")})
-        assert r.status_code == 200, r.text
-        faces = r.json()["faces"]
-        assert len(faces) == 2 and all(f["box"][2] > 50 for f in faces)
-        r = client.post("/identify", files={"image": ("empty.jpg", (photos / "empty.jpg").read_bytes(),
-                                                      "image/jpeg")})
-        assert r.status_code == 422 and "no face found" in r.json()["detail"]
-        r = client.post("/verify", files={"image_a": ("s33.jpg", (photos / "s33_scene2.jpg").read_bytes(),
-                                                      "image/jpeg")}, data={"identity": "s33"})
-        assert r.status_code == 200 and len(r.json()["faces"][0]["box"]) == 4
+    assert named == [ident for ident in PEOPLE for _ in PLACES]
