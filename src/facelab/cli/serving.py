@@ -198,7 +198,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         np.savez(fh, embeddings=emb, paths=np.array([str(r) for r in rel]),
                  identities=np.array([r.parts[0] if len(r.parts) > 1 else "" for r in rel]),
                  fingerprint=np.array(bundle.fingerprint), threshold=np.array(bundle.threshold))
-    print(f"embedded {len(done)} images ({emb.shape[1]}-d, model {bundle.fingerprint[:12]}) -> {out}")
+    skipped = f"; {len(failed)} skipped (listed on stderr)" if failed else ""
+    print(f"embedded {len(done)} images ({emb.shape[1]}-d, model {bundle.fingerprint[:12]}) -> {out}{skipped}")
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 0
