@@ -30,7 +30,7 @@ def bundle():  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def client(bundle, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     gallery = Gallery(tmp_path / "g.db", bundle.fingerprint, bundle.meta.embedding_dim)
-    with TestClient(create_app(bundle, gallery, TOKEN, max_upload_bytes=LIMIT)) as c:
+    with TestClient(create_app(bundle, gallery, TOKEN, max_upload_bytes=LIMIT), base_url="http://localhost") as c:
         yield c
 
 
@@ -45,7 +45,7 @@ def enroll(client: TestClient, name: str, files: list[Path], headers: dict[str, 
 def test_enroll_identify_list_delete_round_trip(client: TestClient, orl_root: Path) -> None:
     alice = face_files(orl_root, "s1", 3)
     r = enroll(client, "alice", alice[:2])
-    assert r.status_code == 200 and r.json() == {"name": "alice", "added": 2, "images": 2}
+    assert r.status_code == 200 and r.json() == {"name": "alice", "added": 2, "images": 2, "duplicates": []}
     assert enroll(client, "alice", alice[2:]).json()["images"] == 3
     assert client.get("/identities").json()[0]["name"] == "alice"
     r = client.post("/identify", files=[upload(alice[1], "image")], data={"k": "3"})
@@ -82,7 +82,7 @@ def test_writes_need_the_token(client: TestClient, orl_root: Path) -> None:
 
 def test_read_only_service_refuses_every_write(bundle, tmp_path: Path, orl_root: Path) -> None:  # type: ignore[no-untyped-def]
     gallery = Gallery(tmp_path / "ro.db", bundle.fingerprint, bundle.meta.embedding_dim)
-    with TestClient(create_app(bundle, gallery, token=None)) as c:
+    with TestClient(create_app(bundle, gallery, token=None), base_url="http://localhost") as c:
         r = enroll(c, "eve", face_files(orl_root, "s3", 1), headers={"Authorization": "Bearer anything"})
         assert r.status_code == 403 and "disabled" in r.json()["detail"]
         assert c.get("/health").json()["writes_enabled"] is False

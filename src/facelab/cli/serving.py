@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import secrets
 import sys
@@ -106,7 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _gallery_arg(g, positional=True)
     _json_arg(g)
     g = gsub.add_parser("check", help="verify database integrity", description="Run SQLite's integrity check and "
-                        "facelab's (every image has an embedding of the right size).")
+                        "facelab's: every image has an embedding of the right size, finite and of unit length, and "
+                        "every embedding has an image. Read-only: works on a gallery on read-only media.")
     _gallery_arg(g, positional=True)
     g = gsub.add_parser("remove", help="delete an identity", description="Delete an identity with its images and "
                         "embeddings (one transaction).")
@@ -114,17 +114,37 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("name", metavar="NAME", help="identity to delete")
 
     p = sub.add_parser("serve", help="HTTP service + web page for verify / identify / enroll",
-                       description="Serve a bundle and a gallery over HTTP (FastAPI; OpenAPI at /docs). Writes need "
-                       "a bearer token, read from the environment variable named by --token-env; if it is unset a "
-                       "random token is generated and printed. Listens on 127.0.0.1 unless --host says otherwise.")
+                       description="Serve a bundle and a gallery over HTTP (FastAPI; OpenAPI schema at "
+                       "/openapi.json). Writes need a bearer token, read from the environment variable named by "
+                       "--token-env; if it is unset a random token is generated and printed. Listens on 127.0.0.1 "
+                       "unless --host says otherwise, and answers only Host headers that are IP addresses, "
+                       "localhost, the --host name or an --allowed-host (against DNS rebinding).")
     _bundle_arg(p)
     _gallery_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--token-env", default="FACELAB_TOKEN", metavar="VAR",
-                   help="environment variable holding the write token (default FACELAB_TOKEN)")
-    p.add_argument("--read-only", action="store_true", help="refuse all writes (no token)")
+                   help="environment variable holding the write token (default FACELAB_TOKEN; at least 16 "
+                   "characters, or a warning is printed)")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse all writes (no token) and open the gallery read-only (works on read-only media)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use to reach the service (repeat for several; '*' answers any Host "
+                   "header, e.g. behind a reverse proxy that checks it)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="largest image accepted, in pixels, checked from its header before decoding (default: "
+                   "FACELAB_MAX_PIXELS or 40,000,000); larger ones are answered 413")
+    p.add_argument("--decode-memory-mb", type=float, default=1024.0,
+                   help="memory all concurrent image decodes may hold together, in MiB (default 1024); requests "
+                   "wait their turn beyond it (503 after 30 s)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its request body (default 30; 408 after)")
+    p.add_argument("--lock-timeout", type=float, default=2.0,
+                   help="seconds an enroll or delete waits for another process's write lock on the gallery "
+                   "before answering 503 (default 2)")
+    p.add_argument("--docs", action="store_true",
+                   help="serve Swagger UI at /docs (off by default: the page loads its scripts from a CDN)")
     _index_arg(p)
 
 
@@ -206,7 +226,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
+    from facelab.utils.io import dumps_json
+
+    print(dumps_json(obj) if args.json else text)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -220,13 +242,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_gallery(args: argparse.Namespace, bundle: Any | None, create: bool = True) -> Any:
+def _open_gallery(args: argparse.Namespace, bundle: Any | None, create: bool = True, read_only: bool = False
+                  ) -> Any:
+    """The gallery of ``--gallery`` / GALLERY; read-only opens never write to the file (they work on read-only
+    media too)."""
     from facelab.serving.gallery import Gallery
 
+    timeout = getattr(args, "lock_timeout", None)
+    options: dict[str, Any] = {"read_only": read_only, **({"busy_timeout": timeout} if timeout is not None else {})}
     if bundle is None:
-        return Gallery(args.gallery, create=False)
+        return Gallery(args.gallery, create=False, **options)
     return Gallery(args.gallery, bundle.fingerprint, bundle.meta.embedding_dim, getattr(args, "index", "exact"),
-                   create=create)
+                   create=create, **options)
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
@@ -241,13 +268,23 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         if not args.images:
             raise FacelabError(f"no images given for {args.name!r}")
         jobs = [(args.name, args.images)]
+    from facelab.serving.gallery import check_name, content_hash
+
+    for name, _ in jobs:
+        check_name(name)  # every name is checked before anything is embedded or stored
     bundle = _load_bundle(args.bundle)
     with _open_gallery(args, bundle) as gallery:
         for name, paths in jobs:
             files = _image_files(paths)
             emb, done, _ = bundle.embed_files(files)
-            added = gallery.enroll(name, zip(done, emb, strict=True))
-            print(f"enrolled {name}: {added} image(s)")
+            hashes = [content_hash(Path(p).read_bytes()) for p in done]
+            result = gallery.enroll(name, zip(done, emb, hashes, strict=True))
+            dup = ""
+            if result.duplicates:
+                first = result.duplicates[0]
+                dup = (f"; {len(result.duplicates)} duplicate(s) skipped ({first[0]} is already enrolled as "
+                       f"{first[1]})")
+            print(f"enrolled {result.name}: {result.added} image(s){dup}")
     return 0
 
 
@@ -255,10 +292,12 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     bundle = _load_bundle(args.bundle)
     threshold = bundle.threshold if args.threshold is None else args.threshold
     emb, done, _ = bundle.embed_files(args.images)
-    with _open_gallery(args, bundle, create=False) as gallery:
+    with _open_gallery(args, bundle, create=False, read_only=True) as gallery:
         results = [gallery.identify(e, threshold, args.k) for e in emb]
     if args.json:
-        print(json.dumps([{"image": p, **r.to_dict()} for p, r in zip(done, results, strict=True)]))
+        from facelab.utils.io import dumps_json
+
+        print(dumps_json([{"image": p, **r.to_dict()} for p, r in zip(done, results, strict=True)]))
         return 0
     for path, r in zip(done, results, strict=True):
         near = f" (nearest {r.nearest.name} {r.nearest.score:.4f})" if r.nearest else " (empty gallery)"
@@ -269,11 +308,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 
 
 def _gallery_list(args: argparse.Namespace) -> int:
-    with _open_gallery(args, None) as gallery:
+    with _open_gallery(args, None, read_only=True) as gallery:
         rows = gallery.identities()
         fp = gallery.fingerprint
     if args.json:
-        print(json.dumps({"model_fingerprint": fp, "identities": [r.__dict__ for r in rows]}))
+        from facelab.utils.io import dumps_json
+
+        print(dumps_json({"model_fingerprint": fp, "identities": [r.__dict__ for r in rows]}))
         return 0
     print(f"{len(rows)} identities, {sum(r.images for r in rows)} images (model {fp[:12]})")
     for r in rows:
@@ -282,7 +323,7 @@ def _gallery_list(args: argparse.Namespace) -> int:
 
 
 def _gallery_check(args: argparse.Namespace) -> int:
-    with _open_gallery(args, None) as gallery:
+    with _open_gallery(args, None, read_only=True) as gallery:
         problems = gallery.integrity_errors()
     for line in problems:
         print(line)
@@ -315,17 +356,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from facelab.utils.extras import require
 
     uvicorn = require("uvicorn", "serve")
+    from facelab.images import max_pixels
+    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts
     from facelab.serving.service import create_app
 
+    cap = max_pixels() if args.max_pixels is None else args.max_pixels
+    if cap <= 0:
+        raise FacelabError(f"--max-pixels must be a positive number of pixels, got {cap}")
+    if args.decode_memory_mb <= 0 or args.body_timeout <= 0 or args.lock_timeout < 0:
+        raise FacelabError("--decode-memory-mb and --body-timeout must be > 0, --lock-timeout >= 0")
+    budget = DecodeBudget(int(args.decode_memory_mb * 1024 * 1024))
+    worst = decode_cost(1, cap, "RGBA+rotate")
+    if worst > budget.budget:
+        print(f"facelab: warning: one {cap:,}-pixel image may need {worst / 2**20:,.0f} MiB to decode, more than "
+              f"--decode-memory-mb {args.decode_memory_mb:g}: such images are decoded one at a time",
+              file=sys.stderr)
     token = None if args.read_only else os.environ.get(args.token_env) or None
     if token is None and not args.read_only:
         token = secrets.token_urlsafe(24)
         print(f"write token (set {args.token_env} to choose your own): {token}", file=sys.stderr)
     if not _is_loopback(args.host):
         print(f"facelab: warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
+    allowed = [*default_allowed_hosts(args.host), *args.allowed_host]
     bundle = _load_bundle(args.bundle)
-    gallery = _open_gallery(args, bundle)
-    app = create_app(bundle, gallery, token, int(args.max_upload_mb * 1024 * 1024))
+    gallery = _open_gallery(args, bundle, read_only=args.read_only)
+    app = create_app(bundle, gallery, token, int(args.max_upload_mb * 1024 * 1024), allowed_hosts=allowed,
+                     max_pixels=cap, decode_budget=budget, body_timeout=args.body_timeout, docs=args.docs)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
