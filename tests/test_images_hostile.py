@@ -22,13 +22,11 @@ from hostile import (
     polyglot_tiff_im,
 )
 from PIL import EpsImagePlugin, Image
-from test_serving_support import TINY_DATA, face_files, one_thread, tiny_bundle  # noqa: F401  (one_thread: autouse)
+from test_serving_support import face_files, one_thread, tiny_model  # noqa: F401  (one_thread: autouse)
 
 from facelab.cli import main
 from facelab.data import scan_folder
-from facelab.data.transforms import eval_transform
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.pairs import read_pairs
 from facelab.images import (
     ImageTooLarge,
@@ -148,7 +146,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, s
 
 def test_cli_bomb_is_one_line_and_embed_skips_and_counts(tmp_path: Path, orl_root: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    bundle = tiny_bundle().save(tmp_path / "m.safetensors")
+    bundle = tiny_model().save_bundle(tmp_path / "m.safetensors")
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(20_000, 20_000))
     face = face_files(orl_root, "s1", 1)[0]
@@ -158,7 +156,7 @@ def test_cli_bomb_is_one_line_and_embed_skips_and_counts(tmp_path: Path, orl_roo
     shutil.copytree(orl_root / "s2", tree / "bob")
     shutil.copy(bomb, tree / "bob" / "zz.png")
     code, out, err = _cli(capsys, "embed", tree, "--bundle", bundle, "--out", tmp_path / "e.npz", "--quiet")
-    assert code == 0 and "embedded 10 images" in out and "1 skipped" in out
+    assert code == 0 and "embedded 10 images" in out and "1 image(s) unusable" in err
     assert "bob/zz.png" in err and "Traceback" not in err
     with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
         assert len(z["paths"]) == 10 and "bob/zz.png" not in z["paths"].tolist()
@@ -178,12 +176,10 @@ def test_bin_pair_file_images_go_through_the_gate(tmp_path: Path, orl_root: Path
                                                   error: type[Exception], message: str) -> None:
     face = face_files(orl_root, "s1", 1)[0].read_bytes()
     pairs = read_pairs(_bin_file(tmp_path / "lfw.bin", [face, face, face, payload]), folds=2)
-    model = tiny_bundle().model
-    embedder = Embedder(model, TINY_DATA.input_size, eval_transform(TINY_DATA), progress=False,
-                        fingerprint="test")
+    embedder = tiny_model().embedder()
     with pytest.raises(error, match=rf"lfw.bin#3.*{message}|{message}.*lfw.bin#3"):
-        embedder.embed(pairs.images)
+        embedder.embed_all(pairs.images)
     # the polyglot inside a .bin is its TIFF self
     pairs = read_pairs(_bin_file(tmp_path / "poly.bin", [face, polyglot_tiff_im()]), folds=1)
-    assert embedder.embed(pairs.images).shape == (2, 32)
+    assert embedder.embed_all(pairs.images).shape == (2, 32)
     assert torch.get_num_threads() == 1

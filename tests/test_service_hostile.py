@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hostile import EPS, blank_png, png_header_only, polyglot_tiff_im
 from test_gallery_hostile import HOLD_LOCK
-from test_serving_support import face_files, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
+from test_serving_support import face_files, one_thread, png_bytes, tiny_model  # noqa: F401  (one_thread: autouse)
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("python_multipart", reason="the serve extra is not installed")
@@ -25,8 +25,10 @@ pytest.importorskip("python_multipart", reason="the serve extra is not installed
 from fastapi.testclient import TestClient
 
 from facelab.cli import main
+from facelab.inference.model import FaceModel, Verification
 from facelab.serving.gallery import Gallery
 from facelab.serving.guards import DecodeBudget, HostCheck, ServerBusy, decode_cost, default_allowed_hosts, host_of
+from facelab.serving.recognition import FaceGallery
 from facelab.serving.service import create_app
 
 TOKEN = "a-long-enough-test-token-0123456789"
@@ -35,12 +37,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def bundle():  # type: ignore[no-untyped-def]
-    return tiny_bundle(threshold=0.9999)
+    return tiny_model(threshold=0.9999)
 
 
-def client_for(bundle, db: Path, **kw: object) -> TestClient:  # type: ignore[no-untyped-def]
-    gallery = Gallery(db, bundle.fingerprint, bundle.meta.embedding_dim, busy_timeout=0.3)
-    return TestClient(create_app(bundle, gallery, TOKEN, **kw), base_url="http://localhost")  # type: ignore[arg-type]
+def client_for(model, db: Path, **kw: object) -> TestClient:  # type: ignore[no-untyped-def]
+    gallery = FaceGallery(db, model, busy_timeout=0.3)
+    return TestClient(create_app(gallery, TOKEN, **kw), base_url="http://localhost")  # type: ignore[arg-type]
 
 
 @pytest.fixture()
@@ -59,7 +61,8 @@ def test_bombs_are_413_and_polyglots_decode_as_their_checked_format(client: Test
     r = client.post("/identify", files=[image(png_header_only(10_000, 10_000), "big.png")])
     assert r.status_code == 413 and "10000x10000" in r.json()["detail"]
     r = client.post("/identify", files=[image(polyglot_tiff_im(), "poly.tif", ctype="image/tiff")])
-    assert r.status_code == 200 and r.json()["identity"] == "unknown"
+    assert r.status_code == 200 and r.json()["faces"][0]["identity"] == "unknown"
+    assert r.json()["faces"][0]["box"] == [0.0, 0.0, 64.0, 64.0]  # the TIFF's 64x64, not IM's 8000x8000
     assert client.post("/identify", files=[image(EPS, "x.jpg", ctype="image/jpeg")]).status_code == 415
 
 
@@ -192,7 +195,7 @@ def test_locked_gallery_health_and_identify_answer_enroll_is_503(bundle, tmp_pat
             assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
             assert c.get("/health").json()["images"] == 1
             r = c.post("/identify", files=[image(face.read_bytes(), "a.pgm", ctype="image/x-portable-graymap")])
-            assert r.status_code == 200 and r.json()["identity"] == "alice"
+            assert r.status_code == 200 and r.json()["faces"][0]["identity"] == "alice"
             r = c.post("/enroll", data={"name": "bob"}, files=[image(png_bytes(), field="images")], headers=AUTH)
             assert r.status_code == 503 and r.headers["retry-after"] == "2" and "locked" in r.json()["detail"]
             assert c.delete("/identities/alice", headers=AUTH).status_code == 503
@@ -230,13 +233,13 @@ def test_duplicate_uploads_are_reported_not_stored_twice(client: TestClient) -> 
 
 
 def test_short_tokens_warn(bundle, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    gallery = Gallery(tmp_path / "g.db", bundle.fingerprint, bundle.meta.embedding_dim)
+    gallery = FaceGallery(tmp_path / "g.db", bundle)
     with caplog.at_level(logging.WARNING):
-        create_app(bundle, gallery, "secret")
+        create_app(gallery, "secret")
     assert "6 characters long; use at least 16" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        create_app(bundle, gallery, TOKEN)
+        create_app(gallery, TOKEN)
     assert caplog.text == ""
 
 
@@ -250,11 +253,11 @@ def test_docs_are_off_by_default_and_the_schema_is_served(bundle, tmp_path: Path
 
 def test_non_finite_scores_are_strict_json(client: TestClient, bundle, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(type(bundle), "score", lambda self, a, b: math.nan)
+    monkeypatch.setattr(FaceModel, "verify", lambda self, a, b, **kw: Verification(math.nan, 0.5, "test", False))
     r = client.post("/verify", files=[image(png_bytes(), field="image_a"), image(png_bytes(), field="image_b")])
     assert r.status_code == 200 and "NaN" not in r.text and json.loads(r.text)["score"] is None
     path = tmp_path / "m.safetensors"
-    bundle.save(path)
+    bundle.save_bundle(path)
     (tmp_path / "a.png").write_bytes(png_bytes())
     assert main(["verify", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--bundle", str(path), "--json"]) == 0
     out = capsys.readouterr().out
@@ -263,12 +266,13 @@ def test_non_finite_scores_are_strict_json(client: TestClient, bundle, monkeypat
 
 def test_serve_read_only_opens_the_gallery_read_only(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     db = tmp_path / "g.db"
-    Gallery(db, bundle.fingerprint, bundle.meta.embedding_dim).close()
-    gallery = Gallery(db, bundle.fingerprint, bundle.meta.embedding_dim, read_only=True)
-    with TestClient(create_app(bundle, gallery, None), base_url="http://localhost") as c:
+    Gallery(db, bundle.fingerprint, bundle.embedding_dim).close()
+    gallery = FaceGallery(db, bundle, read_only=True)
+    assert gallery.store.read_only
+    with TestClient(create_app(gallery, None), base_url="http://localhost") as c:
         assert c.get("/health").json()["writes_enabled"] is False
-        assert c.post("/identify", files=[image(png_bytes())]).json()["nearest"] is None
-    assert np.isfinite(bundle.threshold)
+        assert c.post("/identify", files=[image(png_bytes())]).json()["faces"][0]["nearest"] is None
+    assert np.isfinite(bundle.threshold("verification").value)
 
 
 def test_png_helper_is_a_real_png() -> None:

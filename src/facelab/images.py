@@ -19,11 +19,13 @@ HEIC/HEIF (phones' camera format) is read through ``pi-heif`` when it is install
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -56,6 +58,21 @@ _WARNINGS_LOCK = threading.Lock()
 #: called with (width, height, mode) after the size check and before any pixel is decoded (see
 #: :class:`facelab.serving.limits.DecodeBudget`): it may block, or raise an :class:`ImageError` to refuse
 HeaderHook = Callable[[int, int, str], None]
+#: (cap, header hook) in force for this thread / task when a call gives none (see :func:`decode_limits`)
+_LIMITS: contextvars.ContextVar[tuple[int | None, HeaderHook | None]] = contextvars.ContextVar(
+    "facelab_decode_limits", default=(None, None))
+
+
+@contextmanager
+def decode_limits(cap: int | None = None, on_header: HeaderHook | None = None) -> Iterator[None]:
+    """Within this block (this thread or task only) every decode through the gate uses ``cap`` and ``on_header``
+    unless the call gives its own: how the HTTP service applies its pixel cap and decode-memory budget to decodes
+    that happen deep inside the model and the gallery."""
+    token = _LIMITS.set((cap, on_header))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
 
 #: anything :func:`read_image` accepts: a path, encoded bytes, (name, bytes), a PIL image or an (H, W[, C]) array
 ImageInput = Union[str, os.PathLike, bytes, bytearray, tuple[str, bytes], Image.Image, np.ndarray]  # noqa: UP007
@@ -242,6 +259,9 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
         UnreadableImage: a supported format that fails to decode (truncated, corrupt).
     """
     label = source_name(src, name)
+    scoped_cap, scoped_hook = _LIMITS.get()
+    cap = scoped_cap if cap is None else cap
+    on_header = scoped_hook if on_header is None else on_header
     limit = max_pixels() if cap is None else cap
     if isinstance(src, Image.Image):
         if src.width * src.height > limit:

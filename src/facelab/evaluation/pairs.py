@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder, ImageSource
 from facelab.evaluation.metrics import (
     DEFAULT_FAR_TARGETS,
     best_accuracy,
@@ -39,10 +38,11 @@ from facelab.evaluation.metrics import (
     roc_curve,
     verification_report,
 )
-from facelab.evaluation.report import write_verification_report
+from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.evaluation.scorers import PairScorer, build_scorer
+from facelab.images import ImageInput
+from facelab.inference.model import FaceModel, load_model
 from facelab.registry import Registry
-from facelab.runs import LoadedRun, load_run
 from facelab.utils.textfile import (
     CsvTable,
     TextFileError,
@@ -59,7 +59,7 @@ class PairList:
     """Pairs as indices into ``images`` (each image embedded once however many pairs use it)."""
 
     source: Path
-    images: list[ImageSource]
+    images: list[ImageInput]
     first: np.ndarray  # (P,) index into images
     second: np.ndarray
     labels: np.ndarray | None  # (P,) bool, True = same identity; None when the list has no labels (a test set)
@@ -99,10 +99,10 @@ class PairList:
 
 class _Indexer:
     def __init__(self) -> None:
-        self.images: list[ImageSource] = []
-        self._index: dict[ImageSource, int] = {}
+        self.images: list[ImageInput] = []
+        self._index: dict[ImageInput, int] = {}
 
-    def __call__(self, src: ImageSource) -> int:
+    def __call__(self, src: ImageInput) -> int:
         if src not in self._index:
             self._index[src] = len(self.images)
             self.images.append(src)
@@ -484,24 +484,28 @@ def score_pairs(emb: np.ndarray, pairs: PairList, scorers: tuple[str, ...] = DEF
     return results
 
 
-def evaluate_pairs(run: str | Path | LoadedRun, pairs_file: str | Path | Sequence[str | Path],
+def evaluate_pairs(model: str | Path | FaceModel, pairs_file: str | Path | Sequence[str | Path],
                    data_root: str | Path | None = None, fmt: str | None = None,
                    scorers: tuple[str, ...] = DEFAULT_SCORERS, far_targets: tuple[float, ...] = DEFAULT_FAR_TARGETS,
                    out_dir: str | Path | None = None, device: str | None = None, flip: bool | None = None,
                    folds: int = 10, cache: bool = True, quiet: bool = False) -> dict:
-    """``facelab pairs``: embed every image of a pair list (cached), score it with each scorer, write reports.
-    ``pairs_file`` may be several files read as one list (:func:`read_pairs`)."""
+    """``facelab pairs``: embed every image of a pair list (cached for runs), score it with each scorer, write
+    reports. ``model`` is any model reference (run, checkpoint, bundle, pretrained name); ``pairs_file`` may be
+    several files read as one list (:func:`read_pairs`). The list is read and its images checked to exist before
+    the model is loaded."""
     pairs = read_pairs(pairs_file, data_root, fmt, folds)
     pairs.require_images()  # a wrong --data is one error now, not a failure after embedding half the list
-    lr = run if isinstance(run, LoadedRun) else load_run(run, device)
-    embedder = Embedder.from_run(lr, flip=flip, cache=cache, progress=not quiet)
-    emb = embedder.embed(pairs.images, desc=f"embed {pairs.name}")
+    fm = load_model(model, device=device)
+    embedder = fm.embedder(progress=not quiet, cache=cache, flip=flip)
+    emb = embedder.embed_all(pairs.images, desc=f"embed {pairs.name}")
     results = score_pairs(emb, pairs, scorers, far_targets)
-    meta = {"name": pairs.name, "pairs_file": " ".join(str(f) for f in pairs.files), "run": str(lr.path),
-            "epochs": lr.epoch, "backbone": lr.cfg.model.backbone, "flip_tta": embedder.flip,
-            "images": len(pairs.images), "pairs_total": len(pairs), "model_fingerprint": embedder.fingerprint[:16],
-            "images_embedded_now": embedder.calls}
-    out = Path(out_dir) if out_dir else lr.path / ("pairs_" + "_".join(f.stem for f in pairs.files))
+    meta = {"name": pairs.name, "pairs_file": " ".join(str(f) for f in pairs.files), "model": fm.ref or fm.source,
+            "model_kind": fm.kind, "backbone": fm.architecture.get("backbone"), "align": fm.spec.align,
+            "flip_tta": embedder.flip, "images": len(pairs.images), "pairs_total": len(pairs),
+            "model_fingerprint": embedder.fingerprint[:16], "images_embedded_now": embedder.calls}
+    if fm.run is not None:
+        meta["epochs"] = fm.run.epoch
+    out = Path(out_dir) if out_dir else default_report_dir(fm, "pairs_" + "_".join(f.stem for f in pairs.files))
     doc = write_verification_report(out, meta, results)
     doc["out_dir"] = str(out)
     return doc

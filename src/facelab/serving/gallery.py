@@ -564,6 +564,36 @@ class Gallery:
             (imgs,) = db.execute("SELECT COUNT(*) FROM images").fetchone()
         return int(ids), int(imgs)
 
+    def embeddings_of(self, name: str) -> np.ndarray:
+        """(n, D) float32 stored embeddings of one identity (looked up as :meth:`remove` does).
+
+        Raises:
+            UnknownIdentity: not enrolled. GalleryCorrupt: a stored row is not a finite unit vector of the right size.
+        """
+        candidates = [name]
+        with suppress(FacelabError):
+            candidates.insert(0, check_name(name))
+        dim = self.dim or 0
+        with self._reading() as db:
+            row = next((r for c in candidates
+                        if (r := db.execute("SELECT id FROM identities WHERE name = ?", (c,)).fetchone())), None)
+            if row is None:
+                raise UnknownIdentity(f"no identity {_preview(name)} in {self.path.name}")
+            blobs = db.execute("SELECT m.id, e.vector FROM images m JOIN embeddings e ON e.image_id = m.id "
+                               "WHERE m.identity_id = ? ORDER BY m.id", row).fetchall()
+        if not blobs:
+            raise UnknownIdentity(f"identity {_preview(name)} has no enrolled images in {self.path.name}")
+        bad = next((i for i, b in blobs if not isinstance(b, bytes) or len(b) != 4 * dim), None)
+        if bad is not None:
+            raise GalleryCorrupt(f"{self.path}: the embedding of image {bad} is not {dim} float32 values (damaged or "
+                                 f"edited); `facelab gallery check` lists every problem")
+        vectors = np.frombuffer(bytearray(b"".join(b for _, b in blobs)), np.float32).reshape(len(blobs), dim)
+        broken = _bad_rows(vectors)
+        if len(broken):
+            raise GalleryCorrupt(f"{self.path}: the embedding of image {blobs[broken[0]][0]} is "
+                                 f"{_describe_bad(vectors[broken[0]])}; `facelab gallery check` lists every problem")
+        return vectors
+
     def integrity_errors(self) -> list[str]:
         """SQLite's integrity check plus ours: every image has an embedding of the right size, finite and of unit
         length, and every embedding belongs to an image."""

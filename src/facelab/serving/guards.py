@@ -58,17 +58,19 @@ class DecodeBudget:
         self.waited = 0  # reservations that had to wait
         self._cond = threading.Condition()
 
-    def _acquire(self, cost: int) -> None:
+    def _acquire(self, extra: int, mine: int) -> None:
+        """Reserve ``extra`` more bytes for a slot already holding ``mine``; wait while others hold memory and the
+        total would exceed the budget (a slot alone always proceeds)."""
         deadline = time.monotonic() + self.wait
         with self._cond:
-            if self.used and self.used + cost > self.budget:
+            if self.used - mine and self.used + extra > self.budget:
                 self.waited += 1
-            while self.used and self.used + cost > self.budget:
+            while self.used - mine and self.used + extra > self.budget:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ServerBusy(f"the server is busy decoding other images (waited {self.wait:g} s); retry")
                 self._cond.wait(left)
-            self.used += cost
+            self.used += extra
             self.peak = max(self.peak, self.used)
 
     def _release(self, cost: int) -> None:
@@ -79,20 +81,31 @@ class DecodeBudget:
 
     @contextmanager
     def slot(self) -> Iterator[HeaderHook]:
-        """A reservation scope: pass the yielded function as ``on_header`` to :func:`facelab.images.read_image`;
-        everything it reserved is released when the scope ends (keep the decoded image inside the scope)."""
+        """A reservation scope for one request: pass the yielded function as ``on_header`` to the image gate
+        (:func:`facelab.images.decode_limits`). The slot holds the cost of the largest image decoded in it so
+        far -- a request decodes its images one at a time and keeps only the model's small input of each -- and
+        gives it back when the scope ends."""
         held = 0
 
         def reserve(width: int, height: int, mode: str) -> None:
             nonlocal held
             cost = decode_cost(width, height, mode)
-            self._acquire(cost)
-            held += cost
+            if cost > held:
+                self._acquire(cost - held, held)
+                held = cost
 
         try:
             yield reserve
         finally:
             self._release(held)
+
+    @contextmanager
+    def limits(self, cap: int | None = None) -> Iterator[None]:
+        """:meth:`slot` applied to every decode in this block, with the pixel cap ``cap``."""
+        from facelab.images import decode_limits
+
+        with self.slot() as reserve, decode_limits(cap, reserve):
+            yield
 
 
 # -- Host header ----------------------------------------------------------------------------------------------------

@@ -25,24 +25,15 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
 from typing import Annotated, Any
 
-import torch
-
 from facelab.errors import FacelabError
-from facelab.images import ImageTooLarge, UnsupportedImage, read_image
-from facelab.serving.bundle import Bundle
-from facelab.serving.gallery import (
-    Gallery,
-    GalleryBusy,
-    GalleryCorrupt,
-    GalleryReadOnly,
-    UnknownIdentity,
-    check_name,
-    content_hash,
-)
+from facelab.images import ImageTooLarge, UnsupportedImage
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold
+from facelab.serving.gallery import GalleryBusy, GalleryCorrupt, GalleryReadOnly, UnknownIdentity, check_name
 from facelab.serving.guards import DecodeBudget, HostCheck, ServerBusy
 from facelab.serving.images import ALLOWED_CONTENT_TYPES
+from facelab.serving.recognition import FaceGallery
 from facelab.utils.extras import require
-from facelab.utils.io import dumps_json
+from facelab.utils.strict_json import dumps_json
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it
@@ -80,25 +71,41 @@ PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'un
 # -- response schemas (they make the OpenAPI document useful) -------------------------------------------------------
 class MatchOut(BaseModel):
     name: str
-    score: float = Field(description="cosine similarity of the query to this identity's closest enrolled image")
+    score: float = Field(description="cosine similarity of the face to this identity's closest enrolled image")
+
+
+class FaceOut(BaseModel):
+    box: list[float] = Field(description="x, y, width, height of the face in the photo's pixels (after EXIF "
+                             "orientation)")
+    method: str = Field(description="resized (pre-cropped model), aligned (detected + 5-point alignment) or "
+                        "undetected (a face-sized image used as the crop)")
+    detector_score: float | None
+
+
+class IdentifyFaceOut(FaceOut):
+    identity: str = Field(description="best identity at or above the threshold, or 'unknown'")
+    known: bool
+    matches: list[MatchOut] = Field(description="top-k identities at or above the threshold, best first")
+    nearest: MatchOut | None = Field(description="closest identity even below the threshold (None: empty gallery)")
+    threshold: float
+    threshold_source: str
 
 
 class IdentifyOut(BaseModel):
-    identity: str = Field(description="best identity at or above the threshold, or 'unknown'")
-    known: bool
-    threshold: float
-    matches: list[MatchOut] = Field(description="top-k identities at or above the threshold, best first")
-    nearest: MatchOut | None = Field(description="closest identity even below the threshold (None: empty gallery)")
+    faces: list[IdentifyFaceOut] = Field(description="one result per face found in the photo")
 
 
 class VerifyOut(BaseModel):
     score: float
     threshold: float
+    threshold_source: str
     same_person: bool
+    identity: str | None = Field(None, description="the enrolled identity verified against, if one was given")
+    faces: list[FaceOut] = Field(description="the face used from each photo")
 
 
 class EnrollOut(BaseModel):
-    name: str = Field(description="the identity name as stored (Unicode NFC, whitespace collapsed)")
+    name: str
     added: int
     images: int = Field(description="images now enrolled for this identity")
     duplicates: list[str] = Field(default_factory=list,
@@ -116,12 +123,22 @@ class DeleteOut(BaseModel):
     removed_images: int
 
 
+class ThresholdOut(BaseModel):
+    value: float
+    source: str = Field(description="why this threshold: calibrated at which FAR/FPIR on what, or given")
+    target: float | None
+    rate: str = Field(description="FAR (1:1) or FPIR (1:N)")
+
+
 class HealthOut(BaseModel):
     status: str
     model_fingerprint: str
+    model: str
     embedding_dim: int
     input_size: int
-    threshold: float
+    align: str
+    thresholds: dict[str, ThresholdOut | None] = Field(description="the thresholds in force: verification (1:1) "
+                                                      "and identification (1:N)")
     identities: int
     images: int
     index: str
@@ -200,18 +217,20 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, *, allowed_hosts: Sequence[str] = ("localhost",),
-               max_pixels: int | None = None, decode_budget: DecodeBudget | None = None,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT, docs: bool = False) -> FastAPI:
-    """The service for one bundle and one gallery (opened with that bundle's fingerprint).
+def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, *,
+               identification: Threshold | None = None, verification: Threshold | None = None,
+               allowed_hosts: Sequence[str] = ("localhost",), max_pixels: int | None = None,
+               decode_budget: DecodeBudget | None = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+               docs: bool = False) -> FastAPI:
+    """The service for one gallery and its model. ``identification`` / ``verification`` override the model's
+    thresholds (``facelab serve --threshold / --target-fpir``); otherwise the model's calibrated ones are used, and
+    a request that needs a missing one is a 422 that says how to calibrate.
 
-    ``allowed_hosts``: Host names answered besides IP literals (``"*"``: any; see :class:`HostCheck`).
-    ``max_pixels``: the pixel cap of uploads (default :func:`facelab.images.max_pixels`). ``decode_budget``: the
-    memory concurrent decodes may hold (default :class:`DecodeBudget`'s 1 GiB). ``body_timeout``: seconds to
-    receive a request body. ``docs``: serve Swagger UI at ``/docs`` (it loads scripts from a CDN)."""
-    if gallery.fingerprint != bundle.fingerprint:
-        raise FacelabError("the gallery was opened for another model than the bundle served")
+    Guards: ``allowed_hosts`` are the Host names answered besides IP literals (``"*"``: any; :class:`HostCheck`);
+    ``max_pixels`` the pixel cap of uploads (default :func:`facelab.images.max_pixels`); ``decode_budget`` the
+    memory concurrent decodes may hold (default 1 GiB); ``body_timeout`` the seconds to receive a request body;
+    ``docs`` serves Swagger UI at ``/docs`` (it loads scripts from a CDN)."""
+    model = gallery.model
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         log.warning("the write token is %d characters long; use at least %d random ones (e.g. "
                     "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`)", len(token), MIN_TOKEN_LENGTH)
@@ -222,7 +241,10 @@ def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
                   docs_url="/docs" if docs else None, redoc_url=None)
     app.state.decode_budget = budget
     bearer = HTTPBearer(auto_error=False, description="the token given to `facelab serve`")
-    threshold = bundle.threshold
+    forced = {IDENTIFICATION: identification, VERIFICATION: verification}
+
+    def threshold(task: str) -> Threshold:
+        return forced[task] or model.threshold(task)
 
     def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if creds is None:
@@ -246,6 +268,10 @@ def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
                    "type": e.get("type")} for e in exc.errors()[:20]]
         return StrictJSONResponse({"detail": errors}, status_code=422)
 
+    def guarded() -> Any:
+        """Every decode of this request under the pixel cap and inside one decode-memory reservation."""
+        return budget.limits(max_pixels)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
@@ -253,62 +279,77 @@ def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    def embed(uploads: list[UploadFile]) -> tuple[Any, list[str]]:
-        """Decode and embed all uploads, or fail on the first bad one (so a request is all-or-nothing); returns the
-        embeddings and the SHA-256 of each upload's bytes. Each image is decoded inside a :class:`DecodeBudget`
-        reservation and cut down to the model's input before the next one is decoded, so a request never holds
-        more than one full-size image."""
+    def read(uploads: list[UploadFile]) -> list[tuple[str, bytes]]:
+        """(name, bytes) of each upload after the declared-type check (the image gate checks the content)."""
         if not uploads or len(uploads) > MAX_FILES:
             raise FacelabError(f"send 1 to {MAX_FILES} images, got {len(uploads)}")
-        tensors, hashes = [], []
+        out = []
         for up in uploads:
             name = _shorten(up.filename or "upload", MAX_NAME_SHOWN)
             declared = (up.content_type or "").split(";")[0].strip().lower()
             if declared not in ALLOWED_CONTENT_TYPES | UNDECLARED_TYPES:
                 raise UnsupportedImage(f"{name}: content type {_shorten(declared, 60)!r} is not an accepted image "
                                        f"type")
-            data = up.file.read(max_upload_bytes + 1)
-            with budget.slot() as reserve:
-                image = read_image(data, name, cap=max_pixels, on_header=reserve)
-                tensors.append(bundle.preprocess(image))
-                del image
-            hashes.append(content_hash(data))
-        return bundle.embed_tensors(torch.stack(tensors)), hashes
+            out.append((name, up.file.read(max_upload_bytes + 1)))
+        return out
+
+    def threshold_out(task: str) -> ThresholdOut | None:
+        t = forced[task] or model.thresholds.get(task)
+        return None if t is None else ThresholdOut(value=t.value, source=t.source, target=t.target,
+                                                   rate=t.rate_name)
 
     @app.get("/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:
-        ids, imgs = gallery.counts()
-        return HealthOut(status="ok", model_fingerprint=bundle.fingerprint, embedding_dim=bundle.meta.embedding_dim,
-                         input_size=bundle.meta.input_size, threshold=threshold, identities=ids, images=imgs,
-                         index=gallery.index, writes_enabled=token is not None)
+        ids, imgs = gallery.store.counts()
+        return HealthOut(status="ok", model_fingerprint=model.fingerprint, model=model.ref or model.source,
+                         embedding_dim=model.embedding_dim, input_size=model.spec.input_size, align=model.spec.align,
+                         thresholds={VERIFICATION: threshold_out(VERIFICATION),
+                                     IDENTIFICATION: threshold_out(IDENTIFICATION)},
+                         identities=ids, images=imgs, index=gallery.store.index, writes_enabled=token is not None)
 
     @app.post("/verify", response_model=VerifyOut, tags=["recognition"])
-    def verify(image_a: Annotated[UploadFile, File(description="first face")],
-               image_b: Annotated[UploadFile, File(description="second face")]) -> VerifyOut:
-        """1:1 -- are these two faces the same person?"""
-        (a, b), _ = embed([image_a, image_b])
-        score = bundle.score(a, b)
-        return VerifyOut(score=score, threshold=threshold, same_person=score >= threshold)
+    def verify(image_a: Annotated[UploadFile, File(description="a photo with the face to check")],
+               image_b: Annotated[UploadFile | None, File(description="second photo (or give identity)")] = None,
+               identity: Annotated[str | None, Form(max_length=256, description="enrolled identity to verify "
+                                                    "image_a against (instead of image_b)")] = None) -> VerifyOut:
+        """1:1 -- are these two faces the same person? Or, with ``identity``, is this face that enrolled person?"""
+        t = threshold(VERIFICATION)
+        if (image_b is None) == (identity is None):
+            raise FacelabError("give either image_b or identity")
+        if identity is not None:
+            ((name, data),) = read([image_a])
+            with guarded():
+                r = gallery.verify((name, data), identity, threshold=t.value, image_name=name)
+            return VerifyOut(score=r.score, threshold=t.value, threshold_source=t.source,
+                             same_person=r.same_person, identity=r.name, faces=[FaceOut(**r.face.face_dict())])
+        (na, da), (nb, db) = read([image_a, image_b])  # type: ignore[list-item]
+        with guarded():
+            v = model.verify((na, da), (nb, db), threshold=t.value)
+        return VerifyOut(score=v.score, threshold=t.value, threshold_source=t.source, same_person=v.same_person,
+                         faces=[FaceOut(**f.face_dict()) for f in v.faces])
 
     @app.post("/identify", response_model=IdentifyOut, tags=["recognition"])
-    def identify(image: Annotated[UploadFile, File(description="face to look up")],
-                 k: Annotated[int, Form(ge=1, le=100, description="how many identities to return")] = 5
+    def identify(image: Annotated[UploadFile, File(description="photo to look up (every face is identified)")],
+                 k: Annotated[int, Form(ge=1, le=100, description="how many identities to return per face")] = 5
                  ) -> IdentifyOut:
-        """1:N -- who in the gallery is this? 'unknown' when no identity reaches the threshold."""
-        (query,), _ = embed([image])
-        return IdentifyOut(**gallery.identify(query, threshold, k).to_dict())
+        """1:N -- who in the gallery is each face? 'unknown' when no identity reaches the 1:N threshold."""
+        t = threshold(IDENTIFICATION)
+        ((name, data),) = read([image])
+        with guarded():
+            results = gallery.identify((name, data), k, threshold=t.value, name=name)
+        return IdentifyOut(faces=[IdentifyFaceOut(**{**r.to_dict(), "threshold_source": t.source})
+                                  for r in results])
 
     @app.post("/enroll", response_model=EnrollOut, tags=["gallery"], dependencies=[Depends(require_token)])
     def enroll(name: Annotated[str, Form(min_length=1, max_length=128, description="identity name")],
                images: Annotated[list[UploadFile], File(description="one or more photos of this person")]
                ) -> EnrollOut:
-        """Add photos to an identity (created if new), all in one transaction."""
+        """Add photos to an identity (created if new), all in one transaction; a photo without a face is refused."""
         check_name(name)  # a bad name is refused before anything is decoded
-        vectors, hashes = embed(images)
-        sources = [(up.filename or "upload")[:MAX_NAME_SHOWN] for up in images]
-        result = gallery.enroll(name, list(zip(sources, vectors, hashes, strict=True)))
-        return EnrollOut(name=result.name, added=result.added, images=result.images,
-                         duplicates=[src for src, _ in result.duplicates])
+        files = read(images)
+        with guarded():
+            r = gallery.enroll(name, files, names=[n for n, _ in files])
+        return EnrollOut(name=r.name, added=r.added, images=r.images, duplicates=[p for p, _ in r.duplicates])
 
     @app.delete("/identities/{name:path}", response_model=DeleteOut, tags=["gallery"],
                 dependencies=[Depends(require_token)])

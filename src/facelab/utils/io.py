@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,26 +39,6 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, +-inf, numpy's too) replaced by None, so it serialises as strict
-    JSON (RFC 8259 has no NaN; ``json.dumps`` would print a bare ``NaN`` that most parsers reject)."""
-    if isinstance(obj, float | int) and not isinstance(obj, bool):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
-        return json_safe(obj.item())
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def dumps_json(obj: Any, **kwargs: Any) -> str:
-    """Strict JSON text of ``obj`` (:func:`json_safe`: non-finite numbers become ``null``): what every ``--json``
-    output and HTTP answer prints."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
