@@ -156,7 +156,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "FACELAB_MAX_PIXELS or 40,000,000); larger ones are answered 413")
     p.add_argument("--decode-memory-mb", type=float, default=1024.0,
                    help="memory all concurrent image decodes may hold together, in MiB (default 1024); requests "
-                   "wait their turn beyond it (503 after 30 s)")
+                   "wait their turn beyond it (see --decode-wait)")
+    p.add_argument("--decode-wait", type=float, default=120.0,
+                   help="seconds a request may wait for decode memory before it is answered 503 (default 120)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a client has to send its request body (default 30; 408 after)")
     p.add_argument("--lock-timeout", type=float, default=2.0,
@@ -429,9 +431,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cap = max_pixels() if args.max_pixels is None else args.max_pixels
     if cap <= 0:
         raise FacelabError(f"--max-pixels must be a positive number of pixels, got {cap}")
-    if args.decode_memory_mb <= 0 or args.body_timeout <= 0 or args.lock_timeout < 0:
-        raise FacelabError("--decode-memory-mb and --body-timeout must be > 0, --lock-timeout >= 0")
-    budget = DecodeBudget(int(args.decode_memory_mb * 1024 * 1024))
+    if args.decode_memory_mb <= 0 or args.body_timeout <= 0 or args.lock_timeout < 0 or args.decode_wait < 0:
+        raise FacelabError("--decode-memory-mb and --body-timeout must be > 0, --lock-timeout and --decode-wait >= 0")
+    budget = DecodeBudget(int(args.decode_memory_mb * 1024 * 1024), wait=args.decode_wait)
     worst = decode_cost(1, cap, "RGBA+rotate")
     if worst > budget.budget:
         print(f"facelab: warning: one {cap:,}-pixel image may need {worst / 2**20:,.0f} MiB to decode, more than "

@@ -23,8 +23,9 @@ _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "P", "RGBa", "La"})
 _WIDE_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
 #: default memory all concurrent decodes of one service may hold together
 DEFAULT_DECODE_MEMORY = 1 << 30
-#: default seconds a request waits for decode memory before it is answered 503
-DEFAULT_DECODE_WAIT = 30.0
+#: default seconds a request waits for decode memory before it is answered 503 (40 concurrent 40 MP photos on two
+#: cores take about this long to drain: see docs/deploy.md)
+DEFAULT_DECODE_WAIT = 120.0
 
 
 class ServerBusy(FacelabError):
