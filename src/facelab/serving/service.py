@@ -23,6 +23,7 @@ from facelab.serving.gallery import UnknownIdentity
 from facelab.serving.images import ALLOWED_CONTENT_TYPES
 from facelab.serving.recognition import FaceGallery
 from facelab.utils.extras import require
+from facelab.version import __version__
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it
@@ -173,7 +174,7 @@ def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes:
     thresholds (``facelab serve --threshold / --target-fpir``); otherwise the model's calibrated ones are used, and
     a request that needs a missing one is a 422 that says how to calibrate."""
     model = gallery.model
-    app = FastAPI(title="facelab", version=__import__("facelab").__version__,
+    app = FastAPI(title="facelab", version=__version__,
                   description="Face verification (1:1) and identification (1:N) against an enrolled gallery. "
                   "Writes need a bearer token.")
     bearer = HTTPBearer(auto_error=False, description="the token given to `facelab serve`")
