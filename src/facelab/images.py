@@ -294,19 +294,34 @@ def read_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
     return open_image(src, name, cap=cap, on_header=on_header)[0]
 
 
+def peek(path: str | Path, name: str | None = None, *, cap: int | None = None) -> tuple[str | None, ImageError | None]:
+    """Read only the header of the file at ``path``: (accepted format, None) when it would pass the gate's header
+    checks, else (None, the error decoding would raise): :class:`UnsupportedImage` for what is not an accepted
+    image at all, :class:`UnreadableImage` for a damaged one, :class:`ImageTooLarge` for a bomb. Nothing is
+    decoded, so choosing a folder's files costs one header read each."""
+    try:
+        return header_check(path, name, cap), None
+    except ImageError as exc:
+        return None, exc
+
+
 def sniff_format(path: str | Path) -> str | None:
     """The accepted format of the file at ``path`` judged by its content (header only, nothing decoded), or None
-    when it is not an accepted image. Used to choose the files of a folder, so a JPEG named ``.HEIC`` is used and a
-    text file named ``.jpg`` is not."""
+    when it is not a usable image. A JPEG named ``.HEIC`` is a JPEG; a text file named ``.jpg`` is None."""
+    return peek(path)[0]
+
+
+def _check(src: ImageInput, name: str | None = None) -> ImageError | None:
     try:
-        return header_check(path)
-    except ImageError:
-        return None
+        open_image(src, name)
+    except ImageError as exc:
+        return exc
+    return None
 
 
 def header_check(path: str | Path, name: str | None = None, cap: int | None = None) -> str:
     """The format of the image at ``path`` from its header alone (nothing decoded), after the same format and size
-    checks as :func:`open_image`.
+    checks as :func:`open_image` (:func:`peek` without raising).
 
     Raises:
         ImageError: as :func:`open_image` (an image over the cap is :class:`ImageTooLarge`, not "not an image").
@@ -317,6 +332,8 @@ def header_check(path: str | Path, name: str | None = None, cap: int | None = No
         fh = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise ImageNotFound(f"image not found: {label}") from None
+    except IsADirectoryError:
+        raise UnsupportedImage(f"{label} is a folder, not an image") from None
     except OSError as exc:
         raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
     with fh, _open_header(fh, label, limit) as im:
@@ -325,11 +342,8 @@ def header_check(path: str | Path, name: str | None = None, cap: int | None = No
 
 def check_image(src: ImageInput, name: str | None = None) -> str | None:
     """None if ``src`` decodes through the gate, else the one-line reason naming it (for scans that skip and count)."""
-    try:
-        open_image(src, name)
-    except ImageError as exc:
-        return str(exc)
-    return None
+    error = _check(src, name)
+    return None if error is None else str(error)
 
 
 def read_images(sources: Sequence[ImageInput]) -> list[Image.Image]:
@@ -418,20 +432,13 @@ def list_images(folder: str | Path, *, recursive: bool = True, verify: bool = Tr
             if not os.path.isfile(full):
                 tally.ignored.append(path)  # sockets, broken links
                 continue
-            try:
-                header_check(full, path)
-            except UnsupportedImage as exc:
-                if Path(fname).suffix.lower() in IMAGE_SUFFIXES:
-                    tally.failed.append((path, str(exc)))
-                else:
-                    tally.ignored.append(path)
-                continue
-            except ImageError as exc:  # an image, but too large or with a broken header: counted, never read
-                tally.failed.append((path, str(exc)))
-                continue
-            reason = check_image(full, path) if verify else None
-            if reason is None:
+            fmt, error = peek(full, path)
+            if fmt is not None and verify:
+                error = _check(full, path)
+            if error is None:
                 tally.images.append(path)
+            elif isinstance(error, UnsupportedImage) and Path(fname).suffix.lower() not in IMAGE_SUFFIXES:
+                tally.ignored.append(path)  # notes, CSVs, pairs.txt: not images and not named like one
             else:
-                tally.failed.append((path, reason))
+                tally.failed.append((path, str(error)))
     return tally

@@ -229,7 +229,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise FacelabError(f"no images under {root} ({tally.summary(0)})")
     model = open_model(args)
     res = model.embedder(batch_size=args.batch_size, progress=not args.quiet).embed(
-        [root / p for p in candidates], desc="embed", strict=False)
+        [root / p for p in candidates], desc="embed", strict=False, names=candidates)
     done = [candidates[i] for i in res.done]
     emb = unit(res.embeddings) if len(done) else np.zeros((0, model.embedding_dim), np.float32)
     with atomic_open(out, "wb") as fh:
@@ -298,7 +298,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 tally.ignored.append(rel)  # an image beside the identity folders belongs to no one
         if not per:
             raise FacelabError(f"no identity folders with images in {root} ({tally.summary(0)})")
-        jobs = [(name, [root / r for r in rels], rels) for name, rels in per.items()]
+        jobs = [(name, [root / r for r in rels], rels) for name, rels in per.items()]  # names relative to ROOT
         strict = False
     else:
         if not args.images:

@@ -51,6 +51,22 @@ def source_key(src: ImageInput) -> str | None:
     return None
 
 
+class FlipTTA(nn.Module):
+    """``backbone`` with flip test-time augmentation: the mean of the embeddings of a batch and of its horizontal
+    mirror (``flip=False``: the backbone alone). Raw embeddings out, (B, 3, S, S) -> (B, D). The one place flip TTA
+    is written; the embedder runs it and exports trace it."""
+
+    def __init__(self, backbone: nn.Module, flip: bool) -> None:
+        super().__init__()
+        self.backbone, self.flip = backbone, flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.backbone(x)
+        if self.flip:
+            emb = (emb + self.backbone(torch.flip(x, dims=[3]))) / 2
+        return emb
+
+
 @dataclass
 class EmbeddingCache:
     """One ``.npz`` per model fingerprint: keys, float32 rows and how each face was found (crop method). Merged
@@ -122,6 +138,7 @@ class Embedder:
         if batch_size < 1:
             raise FacelabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.spec, self.device = model.eval(), spec, torch.device(device)
+        self.graph = FlipTTA(self.model, spec.flip_tta)
         self.batch_size, self.progress, self.fingerprint = batch_size, progress, fingerprint
         self.transform = spec.transform()
         if cache_dir is not None and not fingerprint:
@@ -137,11 +154,7 @@ class Embedder:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Preprocessed (B, 3, S, S) -> raw float32 (B, D); flip TTA when the spec says so."""
-        batch = batch.to(self.device)
-        emb = self.model(batch)
-        if self.spec.flip_tta:
-            emb = (emb + self.model(torch.flip(batch, dims=[3]))) / 2
-        return emb.float().cpu().numpy()
+        return self.graph(batch.to(self.device)).float().cpu().numpy()
 
     def embed_crops(self, crops: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) raw embeddings of face crops (PIL RGB), in batches."""
@@ -167,9 +180,11 @@ class Embedder:
         crops = self.faces(source, multiple=True, name=name)
         return crops, self.embed_crops([c.image for c in crops])
 
-    def embed(self, sources: Sequence[ImageInput], *, desc: str = "embed", strict: bool = True) -> Embedded:
+    def embed(self, sources: Sequence[ImageInput], *, desc: str = "embed", strict: bool = True,
+              names: Sequence[str] | None = None) -> Embedded:
         """One face per source (the policy's choice when a photo holds several). Cached and repeated sources are
-        embedded once. ``strict`` raises on the first unusable source; otherwise it is listed in ``failed``."""
+        embedded once. ``strict`` raises on the first unusable source; otherwise it is listed in ``failed``.
+        ``names`` (one per source) are what messages call the images (default: their paths)."""
         keys = [source_key(s) for s in sources]
         found: dict[int, tuple[np.ndarray, str]] = {}
         first_of: dict[str, int] = {}
@@ -209,7 +224,7 @@ class Embedder:
         try:
             for i in todo:
                 try:
-                    (crop,) = self.faces(sources[i])
+                    (crop,) = self.faces(sources[i], name=names[i] if names is not None else None)
                 except (ImageError, FacelabError) as exc:
                     if strict:
                         raise

@@ -132,15 +132,16 @@ class FaceGallery:
 
     # -- writes -----------------------------------------------------------------------------------------------------
     def enroll(self, name: str, images: Sequence[ImageInput], *, strict: bool = True,
-               names: Sequence[str] | None = None) -> Enrollment:
+               names: Sequence[str] | None = None, cache: bool = False) -> Enrollment:
         """Embed one face per image and add them to ``name`` in one transaction (all or nothing). ``strict``
         refuses the whole enrollment on the first unusable image; otherwise unusable images are skipped and
-        listed (nothing is stored when none is usable)."""
+        listed (nothing is stored when none is usable). ``cache`` reuses a run's embedding cache."""
         if not images:
             raise FacelabError(f"no images given for {name!r}")
         name = check_name(name)  # refused before anything is decoded
         labels = list(names) if names is not None else [source_name(s) for s in images]
-        res = self.model.embedder().embed(list(images), desc=f"enroll {name}", strict=strict)
+        res = self.model.embedder(cache=cache).embed(list(images), desc=f"enroll {name}", strict=strict,
+                                                      names=labels)
         failed = tuple((labels[i], r) for i, r in res.failed)
         if not res.done:
             raise FacelabError(f"nothing to enroll for {name!r}: none of its {len(images)} image(s) is usable"

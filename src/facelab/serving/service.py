@@ -34,6 +34,7 @@ from facelab.serving.images import ALLOWED_CONTENT_TYPES
 from facelab.serving.recognition import FaceGallery
 from facelab.utils.extras import require
 from facelab.utils.strict_json import dumps_json
+from facelab.version import __version__
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it
@@ -235,7 +236,7 @@ def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes:
         log.warning("the write token is %d characters long; use at least %d random ones (e.g. "
                     "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`)", len(token), MIN_TOKEN_LENGTH)
     budget = decode_budget or DecodeBudget()
-    app = FastAPI(title="facelab", version=__import__("facelab").__version__,
+    app = FastAPI(title="facelab", version=__version__,
                   description="Face verification (1:1) and identification (1:N) against an enrolled gallery. "
                   "Writes need a bearer token.", default_response_class=StrictJSONResponse,
                   docs_url="/docs" if docs else None, redoc_url=None)
