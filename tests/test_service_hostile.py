@@ -280,3 +280,16 @@ def test_png_helper_is_a_real_png() -> None:
 
     with Image.open(io.BytesIO(blank_png(7, 5))) as im:
         assert im.size == (7, 5)
+
+
+def test_allocator_tuning_respects_the_operators_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facelab.serving import guards
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert guards.tune_allocator() is False  # the operator's MALLOC_* choice wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's")
+    assert guards.tune_allocator() is True
