@@ -47,8 +47,8 @@ def tune_allocator() -> bool:
     concurrent 40 MP decodes left a server at 2.9 GB after the load ended (3.3 GB peak). With a fixed 4 MB mmap
     threshold (every large buffer is its own mapping, unmapped on free) and 2 arenas the same load peaked at
     1.6 GB and returned to its idle size (benchmarks/bench_hostile_images.py, docs/deploy.md). Skipped when the
-    process already has ``MALLOC_*`` settings in its environment (the operator's choice wins)."""
-    if any(k.startswith("MALLOC_") for k in os.environ):
+    process already has ``MALLOC_*`` or ``GLIBC_TUNABLES=glibc.malloc.*`` settings (the operator's choice wins)."""
+    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     name = ctypes.util.find_library("c")
     try:
