@@ -28,6 +28,7 @@ from facelab.evaluation.identification import (
     evaluate_searches,
     folder_items,
     open_set_accuracy,
+    open_set_threshold,
     search,
 )
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
@@ -35,7 +36,6 @@ from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pair
 from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.images import list_images as _list_files
 from facelab.inference.model import FaceModel, load_model
-from facelab.runs import calibrated_threshold
 from facelab.utils.io import atomic_open
 from facelab.utils.textfile import TextFileError, path_component, read_csv, read_lines, relative_path
 
@@ -140,12 +140,7 @@ def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv:
     emb = embedder.embed_all(g_paths + dev_images, desc="embed known + unknown_dev")
     s = search(emb[len(g_paths):], dev_labels, emb[: len(g_paths)], g_labels, score)
     st = score_type(score)
-    source = "given"
-    if threshold is None and fm.run is not None:
-        threshold, source = calibrated_threshold(fm.run.path, "identification", score, embedder.fingerprint), \
-            "thresholds.json"
-    elif threshold is None and score == "cosine" and fm.thresholds.identification is not None:
-        threshold, source = fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
+    threshold, source = open_set_threshold(fm, embedder, score, threshold)
     if threshold is None:
         threshold, source = st.native(best_open_set_accuracy(s)[1]), "best on dev (optimistic)"
     out = Path(out_dir) if out_dir else default_report_dir(fm, "hw2p2")
