@@ -228,7 +228,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    args.out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     plot(doc, args.out.with_suffix(".png"))
     h, lk = doc["hostile"], doc["lock"]
     print(f"{h['requests']} requests ({h['concurrency']} x {h['image_side']}px PNG of {h['image_bytes']:,} B, "
