@@ -331,7 +331,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 failed += [(lab, str(exc)) for lab in labels]
                 print(f"skipped {name}: {exc}", file=sys.stderr)
                 continue
-            used += r.added
+            used += r.added + len(r.duplicates)  # a duplicate is a usable image, already stored
             failed += list(r.failed)
             how = ", ".join(f"{n} {m}" for m, n in r.methods)
             dup = ""
