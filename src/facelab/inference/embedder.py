@@ -52,6 +52,22 @@ def source_key(src: ImageInput) -> str | None:
     return None
 
 
+class FlipTTA(nn.Module):
+    """``backbone`` with flip test-time augmentation: the mean of the embeddings of a batch and of its horizontal
+    mirror (``flip=False``: the backbone alone). Raw embeddings out, (B, 3, S, S) -> (B, D). The one place flip TTA
+    is written; the embedder runs it and exports trace it."""
+
+    def __init__(self, backbone: nn.Module, flip: bool) -> None:
+        super().__init__()
+        self.backbone, self.flip = backbone, flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb = self.backbone(x)
+        if self.flip:
+            emb = (emb + self.backbone(torch.flip(x, dims=[3]))) / 2
+        return emb
+
+
 @dataclass
 class EmbeddingCache:
     """One ``.npz`` per model fingerprint: keys, float32 rows and how each face was found (crop method). Merged
@@ -123,6 +139,7 @@ class Embedder:
         if batch_size < 1:
             raise FacelabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.spec, self.device = model.eval(), spec, torch.device(device)
+        self.graph = FlipTTA(self.model, spec.flip_tta)
         self.batch_size, self.progress, self.fingerprint = batch_size, progress, fingerprint
         self.transform = spec.transform()
         if cache_dir is not None and not fingerprint:
@@ -140,11 +157,7 @@ class Embedder:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """Preprocessed (B, 3, S, S) -> raw float32 (B, D); flip TTA when the spec says so."""
-        batch = batch.to(self.device)
-        emb = self.model(batch)
-        if self.spec.flip_tta:
-            emb = (emb + self.model(torch.flip(batch, dims=[3]))) / 2
-        return emb.float().cpu().numpy()
+        return self.graph(batch.to(self.device)).float().cpu().numpy()
 
     def embed_crops(self, crops: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) raw embeddings of face crops (PIL RGB), in batches."""
@@ -171,9 +184,11 @@ class Embedder:
         crops = self.faces(source, multiple=True, name=name)
         return crops, self.embed_crops([c.image for c in crops])
 
-    def embed(self, sources: Sequence[ImageInput], *, desc: str = "embed", strict: bool = True) -> Embedded:
+    def embed(self, sources: Sequence[ImageInput], *, desc: str = "embed", strict: bool = True,
+              names: Sequence[str] | None = None) -> Embedded:
         """One face per source (the policy's choice when a photo holds several). Cached and repeated sources are
-        embedded once. ``strict`` raises on the first unusable source; otherwise it is listed in ``failed``."""
+        embedded once. ``strict`` raises on the first unusable source; otherwise it is listed in ``failed``.
+        ``names`` (one per source) are what messages call the images (default: their paths)."""
         keys = [source_key(s) for s in sources]
         found: dict[int, tuple[np.ndarray, str]] = {}
         first_of: dict[str, int] = {}
@@ -190,22 +205,25 @@ class Embedder:
                     first_of[k] = i
         failed: list[tuple[int, str]] = []
         batch_idx: list[int] = []
-        batch_crops: list[FaceCrop] = []
+        batch_inputs: list[torch.Tensor] = []  # the model's inputs, not the crops: a batch never holds full images
+        batch_methods: list[str] = []
         new: dict[str, tuple[np.ndarray, str]] = {}
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not self.progress or not todo, leave=False,
                    dynamic_ncols=True)
 
         def flush() -> None:
-            if not batch_crops:
+            if not batch_inputs:
                 return
-            emb = self.embed_crops([c.image for c in batch_crops])
-            for j, (i, crop) in enumerate(zip(batch_idx, batch_crops, strict=True)):
-                found[i] = (emb[j], crop.method)
+            emb = self.forward(torch.stack(batch_inputs))
+            self.calls += len(batch_inputs)
+            for j, (i, method) in enumerate(zip(batch_idx, batch_methods, strict=True)):
+                found[i] = (emb[j], method)
                 if keys[i] is not None:
                     new[keys[i]] = found[i]  # type: ignore[index]
-            bar.update(len(batch_crops))
+            bar.update(len(batch_inputs))
             batch_idx.clear()
-            batch_crops.clear()
+            batch_inputs.clear()
+            batch_methods.clear()
 
         if self.crop_cache is not None:  # detect + align the files not yet cached, in parallel processes
             files = [sources[i] for i in todo if isinstance(sources[i], str | os.PathLike)]
@@ -214,7 +232,7 @@ class Embedder:
         try:
             for i in todo:
                 try:
-                    (crop,) = self.faces(sources[i])
+                    (crop,) = self.faces(sources[i], name=names[i] if names is not None else None)
                 except (ImageError, FacelabError) as exc:
                     if strict:
                         raise
@@ -222,8 +240,10 @@ class Embedder:
                     bar.update(1)
                     continue
                 batch_idx.append(i)
-                batch_crops.append(crop)
-                if len(batch_crops) >= self.batch_size:
+                batch_inputs.append(self.transform(crop.image))  # the decoded image is freed right here
+                batch_methods.append(crop.method)
+                del crop
+                if len(batch_inputs) >= self.batch_size:
                     flush()
             flush()
         finally:

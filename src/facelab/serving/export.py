@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from facelab.errors import FacelabError
+from facelab.inference.embedder import FlipTTA
 from facelab.inference.model import FaceModel, unit
 from facelab.registry import Registry
 from facelab.utils.extras import require
@@ -40,18 +41,16 @@ def _quiet() -> Iterator[None]:
 
 
 class EmbeddingGraph(nn.Module):
-    """Backbone + optional flip TTA + L2 normalisation: the whole embedding in one traceable module."""
+    """Backbone + optional flip TTA (:class:`~facelab.inference.embedder.FlipTTA`) + L2 normalisation: the whole
+    embedding in one traceable module."""
 
     def __init__(self, backbone: nn.Module, flip: bool) -> None:
         super().__init__()
-        self.backbone, self.flip = backbone, flip
+        self.tta = FlipTTA(backbone, flip)
         self.eval()  # exporters put the module back in its mode afterwards: it must be eval, recursively
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.backbone(x)
-        if self.flip:
-            emb = (emb + self.backbone(torch.flip(x, dims=[3]))) / 2
-        return nn.functional.normalize(emb, dim=1)
+        return nn.functional.normalize(self.tta(x), dim=1)
 
 
 @dataclass(frozen=True)
