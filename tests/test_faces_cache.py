@@ -3,6 +3,7 @@ used by datasets and by the embedder instead of detecting again."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,3 +92,33 @@ def test_bad_align_settings_fail_early() -> None:
     with pytest.raises(FacelabError, match="unknown align option 'sevral'"):
         check_align("yunet", {"sevral": "largest"})
     check_align("none", {})
+
+
+@pytest.mark.slow
+def test_train_with_align_then_evaluate_from_the_cache(small_faces: Path, tmp_path: Path, orl_root: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    """``facelab train --align yunet`` on raw photos: the photo without a face is dropped before the split (and
+    counted), the run's spec records the alignment, and evaluation embeds the crops training cached."""
+    from facelab.cli import main
+    from facelab.inference.model import load_model
+
+    background(seed=2).save(small_faces / "s1" / "holiday_no_face.jpg")
+    paste(read_image(orl_root / "s2" / "1.pgm"), background(seed=3), 200, 100, 2.0).save(
+        small_faces / "s2" / "at_the_beach.jpg")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(small_faces), "--out", str(out), "--align", "yunet", "--input-size", "64",
+                 "--epochs", "1", "--set", "model.width=8", "--set", "model.embedding_dim=32",
+                 "--set", "data.batch_size=16", "--set", "threads=1", "--set", "data.split.open_identities=2"]) == 0
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    assert "faces: 81 aligned" in log and "1 no face" in log and "1 image(s) unusable" in log
+    assert "holiday_no_face.jpg: no face found" in log
+    split = json.loads((out / "split.json").read_text())
+    used = [item[0] for key in ("train", "closed_test", "open_test") for item in split[key]]
+    assert "s2/at_the_beach.jpg" in used and "s1/holiday_no_face.jpg" not in used and len(used) == 81
+    model = load_model(out)
+    assert model.spec.align == "yunet" and model.spec.input_size == 64
+    monkeypatch.setattr(pipeline, "find_faces", lambda *a, **k: pytest.fail("detected again"))
+    emb = model.embedder(cache=True).embed([small_faces / "s2" / "at_the_beach.jpg", small_faces / "s3" / "1.pgm"])
+    assert emb.embeddings.shape == (2, 32) and emb.methods == ["aligned", "aligned"]
