@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
+from facelab.data.folder import align_faces
 from facelab.data.sampler import build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
@@ -183,9 +184,7 @@ class _Run:
         cfg = self.cfg
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
         if cfg.data.align != "none":
-            from facelab.faces.cache import align_folder_images
-
-            self.say(f"faces: {align_folder_images(folder, cfg.data, progress=not self.quiet)}")
+            self.say(f"faces: {align_faces(folder, cfg.data, progress=not self.quiet)}")
         self.say(f"data: {folder.report.summary(folder.num_images)}")
         manifest = make_split(folder, cfg.data.split)
         self.out.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,6 @@ from facelab.images import ImageError, read_image
 from facelab.utils.io import atomic_open, write_json
 
 if TYPE_CHECKING:
-    from facelab.config import DataConfig
-    from facelab.data.folder import FaceFolder
     from facelab.inference.spec import InputSpec
 
 CACHE_ENV = "FACELAB_CACHE"
@@ -213,29 +211,3 @@ def reader_for(detector: str, size: int, options: dict[str, Any] | None) -> Call
         return None
     return CropCache.create(detector, size, options).image
 
-
-def align_folder_images(folder: FaceFolder, data: DataConfig, *, workers: int | None = None,
-                        progress: bool = True) -> str:
-    """Detect and align every image of a scanned identity folder into the cache before a split is made, and drop
-    the photos in which no face is found (counted in the folder's report as unusable, naming the file). Returns
-    a one-line account of how the faces were found."""
-    cache = CropCache.create(data.align, data.input_size, data.align_options)
-    paths = [folder.root / rel for rels in folder.identities.values() for rel in rels]
-    records = cache.prepare(paths, workers=workers, progress=progress)
-    for ident in list(folder.identities):
-        kept = []
-        for rel in folder.identities[ident]:
-            rec = records[str(folder.root / rel)]
-            if rec["status"] in ("no_face", "failed"):
-                folder.report.bad_images.append((rel, rec.get("error", rec["status"])))
-            else:
-                kept.append(rel)
-        if kept:
-            folder.identities[ident] = kept
-        else:
-            del folder.identities[ident]
-            folder.report.dropped_identities.append((ident, 0))
-    if not folder.identities:
-        raise FacelabError(f"no face found in any image of {folder.root} (detector {data.align})")
-    return f"{describe_counts(status_counts(records))} ({data.align}, {data.input_size}x{data.input_size} crops " \
-           f"cached in {cache.folder})"

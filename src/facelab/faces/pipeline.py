@@ -331,3 +331,19 @@ def detect_and_align(image: Image.Image, spec: InputSpec, multiple: bool = False
     """
     opts = AlignOptions.from_dict(spec.align_options)
     return faces_in(image, spec.align, spec.input_size, opts, multiple=multiple)
+
+
+def whole_image(image: Image.Image) -> FaceCrop:
+    """The whole image as the face (``align="none"``); the model's transform resizes it."""
+    return FaceCrop(image, (0.0, 0.0, float(image.width), float(image.height)), "resized")
+
+
+def prepare_faces(image: Image.Image, spec: InputSpec, *, multiple: bool = False) -> list[FaceCrop]:
+    """The face crop(s) of a decoded RGB image for a model with input ``spec``.
+
+    ``multiple=False`` returns exactly one crop (the face chosen by the policy) or raises :class:`NoFaceFound`;
+    ``multiple=True`` returns every face found (at least one, or :class:`NoFaceFound`).
+    """
+    if not spec.aligned:
+        return [whole_image(image)]
+    return detect_and_align(image, spec, multiple=multiple)
