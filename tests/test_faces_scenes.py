@@ -116,7 +116,7 @@ def test_http_two_faces_and_no_face(aligned_bundle: Path, photos: Path, orl_root
     db = tmp_path / "g.db"
     enroll_all(str(aligned_bundle), db, orl_root)
     with FaceGallery(db, str(aligned_bundle), create=False) as g:
-        client = TestClient(create_app(g))
+        client = TestClient(create_app(g), base_url="http://localhost")
 
         def post(path: str, name: str, **data: str) -> object:
             return client.post(path, files={"image" if path == "/identify" else "image_a":
