@@ -87,7 +87,7 @@ class AlignOptions:
         refine: take a second look at each kept face at a canonical scale (:func:`refine_landmarks`).
     """
 
-    several: str = "largest"
+    several: str = "largest_central"
     undetected: str = "auto"
     score_threshold: float | None = None
     equalize: bool = True
