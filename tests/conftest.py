@@ -14,6 +14,12 @@ SHARED_DATA = Path(os.environ.get("FACELAB_SHARED_DATA") or REPO.parent / "share
 BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _crop_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Aligned-crop caches (facelab.faces.cache) go to a folder of this test session, never to ~/.cache."""
+    os.environ["FACELAB_CACHE"] = str(tmp_path_factory.mktemp("facelab-cache"))
+
+
 @pytest.fixture(scope="session")
 def orl_root() -> Path:
     """The ORL faces (40 identities x 10 PGM images); the bundled copy when ../shared is absent."""

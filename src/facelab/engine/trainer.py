@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
+from facelab.data.folder import align_faces
 from facelab.data.sampler import build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
@@ -101,6 +102,12 @@ def _validate(cfg: TrainConfig) -> None:
     for key in ("checkpoint_every_steps", "log_every_steps"):
         if getattr(cfg.train, key) < 0:
             raise FacelabError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    from facelab.faces.cache import check_align
+
+    try:
+        check_align(cfg.data.align, cfg.data.align_options)
+    except FacelabError as exc:
+        raise FacelabError(f"data.align: {exc}") from None
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after_epochs: int | None = None,
@@ -176,6 +183,8 @@ class _Run:
     def _prepare_folder(self) -> dict[str, Any]:
         cfg = self.cfg
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
+        if cfg.data.align != "none":
+            self.say(f"faces: {align_faces(folder, cfg.data, progress=not self.quiet)}")
         self.say(f"data: {folder.report.summary(folder.num_images)}")
         manifest = make_split(folder, cfg.data.split)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +205,11 @@ class _Run:
         self.backbone, self.loss_fn = backbone, loss_fn
         self.sharded = list(sharded_parameters(loss_fn).values())
 
+        from facelab.faces.cache import reader_for
+
         self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
-                                   cache=cfg.data.cache_images)
+                                   cache=cfg.data.cache_images,
+                                   reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options))
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self.generator = torch.Generator()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from facelab.errors import FacelabError
 from facelab.faces import FaceCrop, prepare_faces
+from facelab.faces.cache import CropCache
 from facelab.images import ImageError, ImageInput, read_image, source_name
 from facelab.inference.spec import InputSpec
 from facelab.utils.io import atomic_open
@@ -134,7 +135,7 @@ class Embedder:
 
     def __init__(self, model: nn.Module, spec: InputSpec, *, device: torch.device | str = "cpu",
                  batch_size: int = 64, progress: bool = False, cache_dir: str | Path | None = None,
-                 fingerprint: str = "") -> None:
+                 fingerprint: str = "", crop_cache: CropCache | None = None) -> None:
         if batch_size < 1:
             raise FacelabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.spec, self.device = model.eval(), spec, torch.device(device)
@@ -144,6 +145,8 @@ class Embedder:
         if cache_dir is not None and not fingerprint:
             raise FacelabError("an embedding cache needs the model fingerprint")
         self.cache = EmbeddingCache(Path(cache_dir) / f"{fingerprint[:32]}.npz") if cache_dir else None
+        #: aligned crops of files detected once (training made them; evaluation reuses them)
+        self.crop_cache = crop_cache
         self.calls = 0
 
     @property
@@ -167,9 +170,10 @@ class Embedder:
     def faces(self, source: ImageInput, *, multiple: bool = False, name: str | None = None) -> list[FaceCrop]:
         """Decode ``source`` through the gate and return its face crop(s) as the spec asks (detection errors and
         image errors are FacelabErrors naming the image)."""
-        image = read_image(source, name)
         try:
-            return prepare_faces(image, self.spec, multiple=multiple)
+            if self.crop_cache is not None and not multiple and isinstance(source, str | os.PathLike):
+                return [self.crop_cache.crop(source)]
+            return prepare_faces(read_image(source, name), self.spec, multiple=multiple)
         except FacelabError as exc:
             label = source_name(source, name)
             msg = str(exc)
@@ -221,6 +225,10 @@ class Embedder:
             batch_inputs.clear()
             batch_methods.clear()
 
+        if self.crop_cache is not None:  # detect + align the files not yet cached, in parallel processes
+            files = [sources[i] for i in todo if isinstance(sources[i], str | os.PathLike)]
+            self.crop_cache.prepare([f for f in files if os.path.isfile(f)],  # type: ignore[arg-type]
+                                    progress=self.progress)
         try:
             for i in todo:
                 try:

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from facelab.errors import FacelabError
 
 _UMASK = os.umask(0)
@@ -48,12 +46,16 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, not at the top: the atomic writers serve torch-free worker processes too
+
     with atomic_open(path, "wb") as fh:
         torch.save(obj, fh)
 
 
-def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FacelabError(f"checkpoint not found: {path}")
