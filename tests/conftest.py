@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: ../shared/data beside the repo, or $FACELAB_SHARED_DATA (e.g. for a git worktree kept elsewhere)
+SHARED_DATA = Path(os.environ.get("FACELAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
 
 

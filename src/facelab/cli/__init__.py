@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from facelab.cli import evaluation, serving, train
+from facelab.cli import evaluation, pretrained, serving, train
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
 
@@ -17,7 +17,7 @@ DESCRIPTION = (
     "(1:N) identities never seen in training."
 )
 #: command groups in --help order; each has ``add_parsers(subparsers)`` and ``COMMANDS``
-GROUPS = (train, evaluation, serving)
+GROUPS = (train, evaluation, serving, pretrained)
 
 
 def build_parser() -> argparse.ArgumentParser:
