@@ -52,6 +52,9 @@ class DataConfig:
     #: per-channel normalisation applied after scaling pixels to [0, 1]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    #: face alignment of every image before resizing: "none" (the images are face crops), a detector name
+    #: (e.g. "yunet": detect, then warp onto the 5-point template), or "auto" (the init model's, else none)
+    align: str = "auto"
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -128,6 +131,29 @@ class EngineConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start from a trained model instead of random weights (transfer learning, ``facelab train --init``).
+
+    The backbone, its input size, normalisation (``data.input_size``, ``data.mean``, ``data.std``) and, with
+    ``data.align: auto``, its face alignment come from the init model; the loss gets a fresh head for the folder's
+    identities.
+    """
+
+    #: a pretrained name (facelab pretrained list), an ONNX file, a bundle, a run folder or checkpoint; "" = scratch
+    model: str = ""
+    #: accept the weights' licence of a gated pretrained model
+    accept_licence: bool = False
+    #: the backbone's learning rate as a fraction of optim.lr (the new head learns at optim.lr)
+    backbone_lr: float = 0.1
+    #: epochs (may be fractional) at the start during which only the head learns, the backbone frozen
+    freeze_epochs: float = 0.0
+    #: keep the backbone's BatchNorm statistics fixed (small fine-tuning batches estimate them poorly)
+    freeze_bn: bool = True
+    #: weight of the ``distill`` loss (1 - cosine to the init model's embeddings of the same images), 0 = off
+    distill: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,6 +161,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
     out_dir: str = "runs/facelab"
     device: str = "auto"

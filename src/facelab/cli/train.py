@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+from typing import Any
 
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on an identity folder",
-                       description="Train a backbone with a face loss on ROOT/<identity>/<image>. The split is "
-                       "seeded and saved (split.json) so `facelab eval` scores exactly the held-out images. A "
-                       "checkpoint is written atomically after every epoch; --resume continues a stopped run.")
+    p = sub.add_parser("train", help="train a model on an identity folder (by default: fine-tune a pretrained one)",
+                       description="Train on ROOT/<identity>/<image>. With only --data (no --config, --backbone, "
+                       "--init or model/init settings) it fine-tunes the pretrained SFace model on the folder's "
+                       "aligned faces (recipe: configs/finetune.yaml); --init MODEL fine-tunes another model, "
+                       "--init none trains --backbone from scratch. The split is seeded and saved (split.json) so "
+                       "`facelab eval` scores exactly the held-out images. A checkpoint is written atomically after "
+                       "every epoch; --resume continues a stopped run.")
     p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
     p.add_argument("--epochs", type=int, help="number of epochs (sets optim.epochs)")
-    p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone)")
+    p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone; trains from "
+                   "scratch)")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune MODEL: a pretrained name (facelab pretrained list), an "
+                   "ONNX file, a bundle or a run folder (sets init.model; default recipe configs/finetune.yaml); "
+                   "'none' = train from scratch")
+    p.add_argument("--accept-licence", action="store_true",
+                   help="accept the weights' licence of a gated pretrained --init model (sets init.accept_licence)")
     p.add_argument("--loss", help="loss name, e.g. arcface, softmax (sets loss.name)")
     p.add_argument("--batch-size", type=int, help="images per step (sets data.batch_size)")
     p.add_argument("--lr", type=float, help="peak learning rate (sets optim.lr)")
@@ -71,20 +83,59 @@ TRAIN_FLAGS = {
 }
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def finetune_config_path() -> Path:
+    from importlib import resources
 
-    from facelab.config import load_config
-    from facelab.engine import train
+    return Path(str(resources.files("facelab") / "configs" / "finetune.yaml"))
+
+
+def chooses_model(args: argparse.Namespace) -> bool:
+    """Whether the command line says which model to train (otherwise the pretrained default is fine-tuned)."""
+    return (args.config is not None or args.backbone is not None or args.init is not None
+            or any(o.strip().startswith(("model.", "init.")) for o in args.overrides))
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig ``facelab train`` runs with: --config (or, when fine-tuning without one, the fine-tune recipe)
+    + the flags + --set overrides.
+
+    Raises:
+        FacelabError: contradictory flags (--resume with other options, --backbone with --init).
+    """
+    from facelab.config import load_config, load_yaml
 
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None]
+    scratch = args.init is not None and args.init.lower() in ("none", "scratch", "")
     if args.resume:
         if args.config is None and args.out is None:
             raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
+        if args.overrides or args.init is not None or args.accept_licence \
+                or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
             raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-    cfg = load_config(args.config, [*overrides, *args.overrides])
+        return load_config(args.config, overrides)
+    if args.init is not None and not scratch and args.backbone is not None:
+        raise FacelabError("--backbone trains a new network from scratch and --init fine-tunes an existing one: "
+                           "pass one of them")
+    base = None
+    if scratch:
+        overrides.append("init.model=''")
+    elif args.init is not None or not chooses_model(args):
+        if args.init is None and os.environ.get("RANK", "0") == "0":
+            print("facelab: no model chosen: fine-tuning the pretrained 'sface' (configs/finetune.yaml); pass "
+                  "--init none --backbone NAME to train from scratch", file=sys.stderr)
+        base = None if args.config is not None else load_yaml(finetune_config_path())
+        if args.init is not None:
+            overrides.append(f"init.model={args.init}")
+    if args.accept_licence:
+        overrides.append("init.accept_licence=true")
+    return load_config(args.config, [*overrides, *args.overrides], base=base)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from facelab.engine import train
+
+    cfg = train_config_from_args(args)
     result = train(cfg, resume=args.resume, quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")

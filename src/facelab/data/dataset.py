@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
+from facelab.faces.base import NoFaceFound
 from facelab.images import ImageError, ImageNotFound, read_image
 
 log = logging.getLogger(__name__)
@@ -22,18 +25,27 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
     With ``cache`` every image is decoded once in the constructor (an undecodable file is then an error naming it,
     before any training). Without it an image that fails to decode mid-epoch is replaced by another image of the same
     identity and reported once, so a long run never dies on one bad file.
+
+    ``prepare`` (face detection + alignment, :func:`facelab.data.align.face_preparer`) turns each decoded photo into
+    the face crop before resizing; a photo in which it finds no face (``NoFaceFound``) is used whole and listed in
+    ``no_face``.
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, int]], input_size: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False,
+                 prepare: Callable[[Image.Image], Image.Image] | None = None, progress: bool = False) -> None:
         self.root = Path(root)
         self.items = list(items)
         self.base = base_transform(input_size)
         self.transform = transform
+        self.prepare = prepare
         self.failed: set[str] = set()
+        self.no_face: set[str] = set()
         self._cache: list[torch.Tensor] | None = None
         if cache:
-            self._cache = [self._decode_strict(p) for p, _ in self.items]
+            what = "decode + align" if prepare is not None else "decode"
+            self._cache = [self._decode_strict(p) for p, _ in tqdm(self.items, desc=what, unit="img",
+                                                                    disable=not progress, leave=False)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,7 +55,13 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return [y for _, y in self.items]
 
     def _decode(self, rel: str) -> torch.Tensor:
-        return self.base(read_image(self.root / rel))
+        image = read_image(self.root / rel)
+        if self.prepare is not None:
+            try:
+                image = self.prepare(image)
+            except NoFaceFound:
+                self.no_face.add(rel)
+        return self.base(image)
 
     def _decode_strict(self, rel: str) -> torch.Tensor:
         try:

@@ -13,19 +13,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
 from facelab.data import base_transform, eval_transform
+from facelab.data.align import face_preparer, resolved_align
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
+from facelab.faces.base import NoFaceFound
 from facelab.images import read_image
 from facelab.runs import EMBEDDING_CACHE, LoadedRun, load_run
 from facelab.utils.io import atomic_open
@@ -58,16 +61,24 @@ def source_key(src: ImageSource) -> str:
 
 class _Images(Dataset[tuple[torch.Tensor, int]]):
     """Decodes files or in-memory bytes; an undecodable image is an error naming it (never silently replaced,
-    which would change what a protocol measures)."""
+    which would change what a protocol measures). ``prepare`` (face alignment) runs before resizing; a photo without
+    a detectable face is used whole and counted in ``no_face``."""
 
-    def __init__(self, sources: Sequence[ImageSource], input_size: int, transform: nn.Module) -> None:
+    def __init__(self, sources: Sequence[ImageSource], input_size: int, transform: nn.Module,
+                 prepare: Callable[[Image.Image], Image.Image] | None = None) -> None:
         self.sources, self.base, self.transform = list(sources), base_transform(input_size), transform
+        self.prepare, self.no_face = prepare, 0
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = read_image(self.sources[i])  # an ImageError names the image
+        if self.prepare is not None:
+            try:
+                img = self.prepare(img)
+            except NoFaceFound:
+                self.no_face += 1
         return self.transform(self.base(img)), 0
 
 
@@ -117,8 +128,10 @@ class Embedder:
 
     def __init__(self, model: nn.Module, input_size: int, transform: nn.Module, *, device: torch.device | str = "cpu",
                  flip: bool = True, batch_size: int = 128, cache_dir: str | Path | None = None,
-                 progress: bool = True, fingerprint: str | None = None) -> None:
-        self.model, self.input_size, self.transform = model, input_size, transform
+                 progress: bool = True, fingerprint: str | None = None,
+                 prepare: Callable[[Image.Image], Image.Image] | None = None) -> None:
+        self.model, self.input_size, self.transform, self.prepare = model, input_size, transform, prepare
+        self.no_face = 0
         self.device, self.flip, self.batch_size, self.progress = torch.device(device), flip, batch_size, progress
         self.fingerprint = fingerprint or model_fingerprint(model, input_size=input_size, flip=flip,
                                                             transform=repr(transform))
@@ -132,11 +145,13 @@ class Embedder:
         lr = run if isinstance(run, LoadedRun) else load_run(run, device)
         use_flip = lr.cfg.eval.flip_tta if flip is None else flip
         tf = eval_transform(lr.cfg.data)
+        align = resolved_align(lr.cfg.data)
+        extra = {} if align == "none" else {"align": align}  # unaligned runs keep their fingerprint
         fp = model_fingerprint(lr.backbone, input_size=lr.cfg.data.input_size, flip=use_flip,
-                               mean=lr.cfg.data.mean, std=lr.cfg.data.std)
+                               mean=lr.cfg.data.mean, std=lr.cfg.data.std, **extra)
         return cls(lr.backbone, lr.cfg.data.input_size, tf, device=lr.device, flip=use_flip,
                    batch_size=lr.cfg.eval.batch_size, cache_dir=lr.path / EMBEDDING_CACHE if cache else None,
-                   progress=progress, fingerprint=fp)
+                   progress=progress, fingerprint=fp, prepare=face_preparer(lr.cfg.data))
 
     def embed(self, sources: Sequence[ImageSource], desc: str = "embed") -> np.ndarray:
         """(N, D) float32 in the order of ``sources``; duplicates and cached images are embedded once."""
@@ -152,9 +167,10 @@ class Embedder:
             if k not in found and k not in todo:
                 todo[k] = s
         if todo:
-            ds = _Images(list(todo.values()), self.input_size, self.transform)
+            ds = _Images(list(todo.values()), self.input_size, self.transform, self.prepare)
             emb = extract_embeddings(self.model, ds, self.batch_size, self.flip, self.device,
                                      f"{desc} ({len(todo)} images)", self.progress)
+            self.no_face += ds.no_face
             self.calls += len(todo)
             new = dict(zip(todo, emb, strict=True))
             found.update(new)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from facelab.data import FaceDataset, eval_transform
+from facelab.data.align import face_preparer
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
@@ -54,8 +55,10 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
     use_flip = cfg.eval.flip_tta if flip is None else flip
     tf = eval_transform(cfg.data)
 
+    prepare = face_preparer(cfg.data)
+
     def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
-        ds = FaceDataset(root, items, cfg.data.input_size, tf)
+        ds = FaceDataset(root, items, cfg.data.input_size, tf, prepare=prepare)
         return extract_embeddings(backbone, ds, cfg.eval.batch_size, use_flip, dev, desc, not quiet)
 
     metrics: dict[str, Any] = {
