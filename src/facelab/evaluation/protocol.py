@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.data import FaceDataset, eval_transform
+from facelab.config import TrainConfig
+from facelab.data import FaceDataset, SplitManifest, eval_transform
 from facelab.data.align import face_preparer
 from facelab.errors import FacelabError
 from facelab.evaluation.embed import extract_embeddings
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
+from facelab.losses import FaceLoss
 from facelab.runs import load_run
 from facelab.utils.io import write_json
 
@@ -44,37 +46,33 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
             "probes": int(probe_mask.sum())}
 
 
-def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
-             device: str | None = None, flip: bool | None = None, quiet: bool = False) -> dict[str, Any]:
-    loaded = load_run(run, device)
-    cfg, manifest, backbone, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.backbone, loaded.loss, loaded.device
-    root = data_root or cfg.data.root
-    if not Path(root).is_dir():
-        raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
-    out = Path(out_dir) if out_dir else loaded.path
-    use_flip = cfg.eval.flip_tta if flip is None else flip
-    tf = eval_transform(cfg.data)
+def score_split(backbone: torch.nn.Module, cfg: TrainConfig, manifest: SplitManifest, root: str | Path,
+                device: torch.device, flip: bool, loss_fn: FaceLoss | None = None, quiet: bool = False,
+                label: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Closed-set and open-set figures of ``backbone`` on the held-out images of ``manifest``.
 
+    Closed set: the loss's class scores, or (metric losses, or ``loss_fn=None`` for a model that never saw these
+    identities, e.g. a pretrained one scored zero-shot) the nearest class centre of the training embeddings.
+    Returns (metrics, curves) where curves holds the open-set scores for the plots.
+    """
+    tf = eval_transform(cfg.data)
     prepare = face_preparer(cfg.data)
+    prefix = f"{label}: " if label else ""
 
     def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
         ds = FaceDataset(root, items, cfg.data.input_size, tf, prepare=prepare)
-        return extract_embeddings(backbone, ds, cfg.eval.batch_size, use_flip, dev, desc, not quiet)
+        return extract_embeddings(backbone, ds, cfg.eval.batch_size, flip, device, prefix + desc, not quiet)
 
-    metrics: dict[str, Any] = {
-        "run": str(run),
-        "epochs": loaded.epoch,
-        "backbone": cfg.model.backbone,
-        "loss": cfg.loss.name,
-        "flip_tta": use_flip,
-        "score": "cosine",
-    }
+    metrics: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
     if manifest.closed_test:
         emb = embed(manifest.closed_test, "closed set")
         labels = np.array([y for _, y in manifest.closed_test])
-        with torch.no_grad():
-            logits = loss_fn.logits(torch.from_numpy(emb).to(dev))
-        if logits is None:  # metric loss: nearest class centre of the training embeddings
+        logits = None
+        if loss_fn is not None:
+            with torch.no_grad():
+                logits = loss_fn.logits(torch.from_numpy(emb).to(device))
+        if logits is None:  # nearest class centre of the training embeddings
             train_emb = normalize(embed(manifest.train, "class centres"))
             train_y = np.array([y for _, y in manifest.train])
             centres = normalize(np.stack([train_emb[train_y == c].mean(0) for c in range(manifest.num_classes)]))
@@ -94,6 +92,46 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
             "verification": report,
             "identification": identification_rank1(emb, labels, manifest.seed),
         }
+        curves = {"scores": scores, "same": same, "report": report}
+    return metrics, curves
+
+
+def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
+             device: str | None = None, flip: bool | None = None, quiet: bool = False, compare_init: bool = False,
+             reference_pairs: str | Path | None = None, reference_data: str | Path | None = None
+             ) -> dict[str, Any]:
+    """``facelab eval``: the run's closed-set and open-set figures on its own split (metrics.json, ROC and score
+    histogram PNGs, roc.json).
+
+    For a fine-tuned run (``init.model``): ``compare_init`` adds the init model's figures on the same split
+    (``init_model``: zero-shot, closed set by nearest class centre), and ``reference_pairs`` (e.g. LFW pairs.txt)
+    adds a forgetting check (``forgetting``): k-fold accuracy of the init model and of the run on that pair list.
+    """
+    loaded = load_run(run, device)
+    cfg, manifest, backbone, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.backbone, loaded.loss, loaded.device
+    root = data_root or cfg.data.root
+    if not Path(root).is_dir():
+        raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
+    out = Path(out_dir) if out_dir else loaded.path
+    use_flip = cfg.eval.flip_tta if flip is None else flip
+    if (compare_init or reference_pairs) and not cfg.init.model:
+        raise FacelabError(f"{run} was trained from scratch: --compare-init and --reference-pairs compare a "
+                           f"fine-tuned run with the model it started from")
+
+    metrics: dict[str, Any] = {
+        "run": str(run),
+        "epochs": loaded.epoch,
+        "backbone": cfg.model.backbone,
+        "loss": cfg.loss.name,
+        "flip_tta": use_flip,
+        "score": "cosine",
+    }
+    if cfg.init.model:
+        metrics["init"] = cfg.init.model
+    split, curves = score_split(backbone, cfg, manifest, root, dev, use_flip, loss_fn, quiet)
+    metrics.update(split)
+    if curves:
+        scores, same, report = curves["scores"], curves["same"], curves["report"]
         roc = roc_curve(scores, same)
         plot_roc(roc, report, out / "roc.png")
         hist = score_histogram(scores, same)
@@ -110,6 +148,15 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
             "histogram": hist,
             "histogram_thresholds": thresholds,
         })
+    if compare_init or reference_pairs:
+        from facelab.evaluation.finetune import forgetting_check, init_backbone
+
+        init = init_backbone(cfg, dev)
+        if compare_init:
+            zero_shot, _ = score_split(init, cfg, manifest, root, dev, use_flip, None, quiet, label="init model")
+            metrics["init_model"] = {"model": cfg.init.model, **zero_shot}
+        if reference_pairs:
+            metrics["forgetting"] = forgetting_check(loaded, init, reference_pairs, reference_data, use_flip, quiet)
     write_json(out / "metrics.json", metrics)
     if cfg.train.tensorboard:
         log_to_tensorboard(loaded.path / "tensorboard", metrics, loaded.epoch)
@@ -139,17 +186,18 @@ def log_to_tensorboard(logdir: Path, metrics: dict[str, Any], epoch: int) -> Non
         writer.close()
 
 
-def format_table(metrics: dict[str, Any]) -> str:
+def _split_rows(metrics: dict[str, Any], label: str = "") -> list[tuple[str, str, str]]:
     rows = []
+    tag = f" ({label})" if label else ""
     if "closed_set" in metrics:
         c = metrics["closed_set"]
-        rows.append(("closed set", f"{c['classes']} identities, {c['images']} held-out images", ""))
+        rows.append((f"closed set{tag}", f"{c['classes']} identities, {c['images']} held-out images", ""))
         rows.append(("", "top-1 accuracy", f"{c['top1']:.4f}"))
         rows.append(("", "top-5 accuracy", f"{c['top5']:.4f}"))
     if "open_set" in metrics:
         o = metrics["open_set"]
         v = o["verification"]
-        rows.append(("open set", f"{o['identities']} unseen identities, {o['images']} images", ""))
+        rows.append((f"open set{tag}", f"{o['identities']} unseen identities, {o['images']} images", ""))
         rows.append(("", "pairs (genuine / impostor)", f"{v['pairs']['genuine']} / {v['pairs']['impostor']}"))
         rows.append(("", "verification ROC AUC", f"{v['roc_auc']:.4f}"))
         rows.append(("", "EER", f"{v['eer']:.4f} (threshold {v['eer_threshold']:.3f})"))
@@ -160,6 +208,19 @@ def format_table(metrics: dict[str, Any]) -> str:
         ident = o["identification"]
         rows.append(("", f"rank-1 identification ({ident['gallery']} gallery, {ident['probes']} probes)",
                      f"{ident['rank1']:.4f}"))
+    return rows
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    rows = _split_rows(metrics)
+    if "init_model" in metrics:
+        rows += _split_rows(metrics["init_model"], f"init model {metrics['init_model']['model']}, zero-shot")
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        rows.append(("forgetting", f"{f['name']}: {f['pairs']} pairs, {f['folds']}-fold accuracy", ""))
+        rows.append(("", f"init model {f['init']}", f"{f['before']['accuracy']:.4f} ± {f['before']['std']:.4f}"))
+        rows.append(("", "this run", f"{f['after']['accuracy']:.4f} ± {f['after']['std']:.4f}"))
+        rows.append(("", "change (points)", f"{f['change_points']:+.2f}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
