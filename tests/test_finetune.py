@@ -114,7 +114,7 @@ def test_apply_init_takes_model_input_and_alignment_from_the_init_model() -> Non
     assert cfg.data.input_size == 112 and cfg.data.std == pytest.approx((128 / 255,) * 3)
     assert cfg.data.align == "yunet" and any("alignment" in c for c in changes)
     cfg = TrainConfig()
-    cfg.data.align = "none"  # the user's images are already aligned crops: kept
+    cfg.init.align = "none"  # the user's images are already aligned crops
     apply_init(cfg, init)
     assert cfg.data.align == "none"
     bgr = InitModel(nn.Identity(), init.architecture, InputSpec(colour_order="BGR"), "bgr")
@@ -123,10 +123,10 @@ def test_apply_init_takes_model_input_and_alignment_from_the_init_model() -> Non
 
 
 def test_resolve_init_names_what_it_accepts(tmp_path: Path) -> None:
-    with pytest.raises(FacelabError, match=r"not a pretrained model .*sface.*bundle or a run"):
+    with pytest.raises(FacelabError, match=r"init.model: .*no such file or folder"):
         resolve_init(str(tmp_path / "nothing-here"))
-    with pytest.raises(FacelabError, match="ONNX file not found"):
-        resolve_init(str(tmp_path / "missing.onnx"))
+    with pytest.raises(FacelabError, match="init.model: model 'nothing' not found.*sface"):
+        resolve_init("nothing")
     with pytest.raises(FacelabError, match="accept-licence"):
         resolve_init("w600k_mbf")
 

@@ -18,7 +18,7 @@ from facelab.cli import main
 from facelab.errors import FacelabError
 from facelab.images import read_image
 from facelab.inference.spec import InputSpec
-from facelab.models import build_from_architecture
+from facelab.models import build_from_architecture, build_with_weights
 from facelab.pretrained.cache import load_cached
 from facelab.pretrained.onnxfile import clean_model, load_onnx, locate, ort_session, sha256_file, verify_sha256
 from facelab.pretrained.registry import get_entry
@@ -173,16 +173,18 @@ def test_build_from_architecture_rebuilds_native_and_onnx_models(tmp_path: Path)
     for pm in (onnx_pm, sface_pm):
         size = pm.spec.input_size
         state = {k: v.clone() for k, v in pm.module.state_dict().items()}
-        rebuilt = build_from_architecture(pm.architecture, size, state)
+        rebuilt = build_with_weights(pm.architecture, size, state)
+        bare = build_from_architecture(pm.architecture, size, state)  # the lead's contract: the caller loads
+        bare.load_state_dict(state)
         x = torch.randn(2, 3, size, size)
         with torch.no_grad():
-            assert torch.equal(rebuilt(x), pm.module(x))
+            assert torch.equal(rebuilt(x), pm.module(x)) and torch.equal(bare.eval()(x), pm.module(x))
     graph = onnx_pm.module.state_dict()["onnx_graph"]
     assert graph.dtype == torch.uint8 and graph.numel() < path.stat().st_size  # weights not stored twice
     with pytest.raises(FacelabError, match="onnx_graph"):
         build_from_architecture(onnx_pm.architecture, 32, {})
     with pytest.raises(FacelabError, match="do not fit backbone 'sface'"):
-        build_from_architecture(sface_pm.architecture, 112, {"x": torch.zeros(1)})
+        build_with_weights(sface_pm.architecture, 112, {"x": torch.zeros(1)})
 
 
 # -- licence gate, missing package, hash checks -----------------------------------------------------------------
@@ -263,17 +265,20 @@ def test_cli_list_shows_licence_caveat_spec_and_lfw(capsys: pytest.CaptureFixtur
 
 def test_cli_get_writes_a_bundle_that_embeds_like_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             faces: torch.Tensor) -> None:
-    from facelab.serving.bundle import Bundle
+    from facelab.inference.model import load_model
 
     out = tmp_path / "sface.safetensors"
     assert main(["pretrained", "get", "sface", "-o", str(out)]) == 0
     assert "Apache-2.0" in capsys.readouterr().out
-    bundle = Bundle.load(out)  # fingerprint checked on load
+    bundle = load_model(out, device="cpu")  # fingerprint and integrity checked on load
+    by_name = load_model("sface", device="cpu")  # what every command does with the name
     pm = pretrained.load("sface")
     x = _normalise(faces[:2], pm.spec)
     with torch.no_grad():
-        assert torch.equal(bundle.model(x), pm.module(x))
-    assert bundle.meta.embedding_dim == 128 and bundle.meta.threshold == pytest.approx(SFACE.threshold)
+        assert torch.equal(bundle.backbone(x), pm.module(x))
+    assert bundle.fingerprint == by_name.fingerprint and bundle.spec == SFACE.spec
+    assert bundle.embedding_dim == 128 and bundle.thresholds.verification.value == pytest.approx(SFACE.threshold)
+    assert bundle.info["licence"].startswith("Apache-2.0")
     assert main(["pretrained", "get", "nope.onnx", "-o", str(out)]) == 2
     assert main(["pretrained", "get", "sface", "--mean", "0.5", "-o", str(out)]) == 2
     assert main(["pretrained", "get", "sfce", "-o", str(out)]) == 2

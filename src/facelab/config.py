@@ -52,9 +52,11 @@ class DataConfig:
     #: per-channel normalisation applied after scaling pixels to [0, 1]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    #: face alignment of every image before resizing: "none" (the images are face crops), a detector name
-    #: (e.g. "yunet": detect, then warp onto the 5-point template), or "auto" (the init model's, else none)
-    align: str = "auto"
+    #: how a photo becomes a face crop: "none" (images are face crops, resized) or a detector name ("yunet"):
+    #: detect + 5-point alignment, done once and cached; recorded with the model so inference does the same
+    align: str = "none"
+    #: options for the detector/crop policy (see facelab.faces)
+    align_options: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
 
 
@@ -134,9 +136,9 @@ class EngineConfig:
 class InitConfig:
     """Start from a trained model instead of random weights (transfer learning, ``facelab train --init``).
 
-    The backbone, its input size, normalisation (``data.input_size``, ``data.mean``, ``data.std``) and, with
-    ``data.align: auto``, its face alignment come from the init model; the loss gets a fresh head for the folder's
-    identities.
+    The backbone, its input size and normalisation (``data.input_size``, ``data.mean``, ``data.std``) and its face
+    alignment (``data.align``, see ``init.align``) come from the init model; the loss gets a fresh head for the
+    folder's identities.
     """
 
     #: a pretrained name (facelab pretrained list), an ONNX file, a bundle, a run folder or checkpoint; "" = scratch
@@ -151,6 +153,9 @@ class InitConfig:
     freeze_bn: bool = True
     #: weight of the ``distill`` loss (1 - cosine to the init model's embeddings of the same images), 0 = off
     distill: float = 1.0
+    #: data.align while fine-tuning: "auto" = the init model's (yunet for the pretrained ones), "none" = the folder
+    #: holds face crops aligned already, or a detector name
+    align: str = "auto"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from facelab.config import TrainConfig, from_dict, to_dict
 from facelab.data.splits import SplitManifest
 from facelab.errors import FacelabError
 from facelab.losses import FaceLoss, build_loss
-from facelab.models import build_backbone, build_from_architecture
+from facelab.models import build_backbone, build_with_weights
 from facelab.utils.device import resolve_device
 from facelab.utils.io import load_torch, save_torch, write_json
 
@@ -97,10 +97,10 @@ def run_dir(run: str | Path) -> Path:
 def build_model_and_loss(cfg: TrainConfig, num_classes: int,
                          backbone_state: Mapping[str, torch.Tensor] | None = None) -> tuple[nn.Module, FaceLoss]:
     """The backbone and loss (with its class weights) a config describes: freshly initialised, or with
-    ``backbone_state`` loaded into the backbone (rebuilt by ``build_from_architecture``, which an ONNX-converted
+    ``backbone_state`` loaded into the backbone (rebuilt by ``build_with_weights``, which an ONNX-converted
     backbone needs: its graph travels in its state)."""
     if backbone_state is not None:
-        backbone: nn.Module = build_from_architecture(to_dict(cfg.model), cfg.data.input_size, backbone_state).train()
+        backbone: nn.Module = build_with_weights(to_dict(cfg.model), cfg.data.input_size, backbone_state).train()
     else:
         backbone = build_backbone(cfg.model, cfg.data.input_size)
     loss = build_loss(cfg.loss, cfg.model.embedding_dim, num_classes)

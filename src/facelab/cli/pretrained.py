@@ -117,13 +117,34 @@ def _cmd_pretrained(args: argparse.Namespace) -> int:
         else:
             print(format_entries())
         return 0
-    from facelab.pretrained.bundle import write_bundle
-
     path, pm = write_bundle(args.model, args.out, spec=spec_from_args(args.model, args), threshold=args.threshold,
                             accept_licence=args.accept_licence)
     print(f"wrote {path}: {pm.name}, {pm.embedding_dim}-d, input {pm.spec.input_size}x{pm.spec.input_size} "
           f"{pm.spec.colour_order}, align {pm.spec.align}; licence: {pm.info['licence']}")
     return 0
+
+
+def write_bundle(ref: str, out: str | Path, *, spec: Any = None, threshold: float | None = None,
+                 accept_licence: bool = False) -> tuple[Path, Any]:
+    """Convert ``ref`` (a registered name or an ONNX file) and write it as a bundle at ``out`` (atomically), with
+    the 1:1 threshold ``threshold`` or else the registry's reference one. Returns (path, PretrainedModel).
+
+    Raises:
+        FacelabError: as :func:`facelab.pretrained.load`; a threshold outside [-1, 1].
+    """
+    from facelab.inference.model import FaceModel
+    from facelab.inference.thresholds import VERIFICATION, Threshold, Thresholds
+    from facelab.pretrained import load
+
+    pm = load(ref, accept_licence=accept_licence, spec=spec)
+    thresholds = pm.thresholds
+    if threshold is not None:
+        thresholds = Thresholds(Threshold(VERIFICATION, threshold, "given with facelab pretrained get --threshold"),
+                                None)
+    model = FaceModel.from_module(pm.module, pm.architecture, pm.spec, embedding_dim=pm.embedding_dim,
+                                  thresholds=thresholds, source=f"pretrained {pm.name} (sha256 {pm.info['sha256']})",
+                                  kind="pretrained", device="cpu", info=pm.info)
+    return model.save_bundle(out), pm
 
 
 COMMANDS: dict[str, Handler] = {"pretrained": _cmd_pretrained}

@@ -20,15 +20,25 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "--init none trains --backbone from scratch. The split is seeded and saved (split.json) so "
                        "`facelab eval` scores exactly the held-out images. A checkpoint is written atomically after "
                        "every epoch; --resume continues a stopped run.")
-    p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
+    add_training_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, "
+                   "with the config stored in it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The recipe options shared by ``facelab train`` and ``facelab fit`` (each sets a config key)."""
+    p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--epochs", type=int, help="number of epochs (sets optim.epochs)")
     p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone; trains from "
                    "scratch)")
     p.add_argument("--init", metavar="MODEL", help="fine-tune MODEL: a pretrained name (facelab pretrained list), an "
                    "ONNX file, a bundle or a run folder (sets init.model; default recipe configs/finetune.yaml); "
-                   "'none' = train from scratch")
+                   "'none' = train from scratch. Without --config/--backbone/--init, the pretrained sface is "
+                   "fine-tuned")
     p.add_argument("--accept-licence", action="store_true",
                    help="accept the weights' licence of a gated pretrained --init model (sets init.accept_licence)")
     p.add_argument("--loss", help="loss name, e.g. arcface, softmax (sets loss.name)")
@@ -38,10 +48,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set loss.options.margin=0.3 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, "
-                   "with the config stored in it")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +89,15 @@ TRAIN_FLAGS = {
 }
 
 
+def training_overrides(args: argparse.Namespace) -> list[str]:
+    """``key=value`` strings for the options of :func:`add_training_options` that were given (--set excluded)."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
+            if getattr(args, flag, None) is not None]
+
+
+SCRATCH = ("none", "scratch", "")
+
+
 def finetune_config_path() -> Path:
     from importlib import resources
 
@@ -95,25 +110,17 @@ def chooses_model(args: argparse.Namespace) -> bool:
             or any(o.strip().startswith(("model.", "init.")) for o in args.overrides))
 
 
-def train_config_from_args(args: argparse.Namespace) -> Any:
-    """The TrainConfig ``facelab train`` runs with: --config (or, when fine-tuning without one, the fine-tune recipe)
-    + the flags + --set overrides.
+def training_recipe(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[str]]:
+    """(base config, overrides) for the options of :func:`add_training_options`, --set last: the fine-tune recipe
+    (configs/finetune.yaml) as the base when fine-tuning without --config, including when nothing chooses a model.
 
     Raises:
-        FacelabError: contradictory flags (--resume with other options, --backbone with --init).
+        FacelabError: --backbone together with --init.
     """
-    from facelab.config import load_config, load_yaml
+    from facelab.config import load_yaml
 
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
-                 if getattr(args, flag) is not None]
-    scratch = args.init is not None and args.init.lower() in ("none", "scratch", "")
-    if args.resume:
-        if args.config is None and args.out is None:
-            raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or args.init is not None or args.accept_licence \
-                or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
-            raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-        return load_config(args.config, overrides)
+    overrides = training_overrides(args)
+    scratch = args.init is not None and args.init.lower() in SCRATCH
     if args.init is not None and not scratch and args.backbone is not None:
         raise FacelabError("--backbone trains a new network from scratch and --init fine-tunes an existing one: "
                            "pass one of them")
@@ -129,7 +136,26 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
             overrides.append(f"init.model={args.init}")
     if args.accept_licence:
         overrides.append("init.accept_licence=true")
-    return load_config(args.config, [*overrides, *args.overrides], base=base)
+    return base, [*overrides, *args.overrides]
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig ``facelab train`` runs with (see :func:`training_recipe`).
+
+    Raises:
+        FacelabError: contradictory flags (--resume with other options, --backbone with --init).
+    """
+    from facelab.config import load_config
+
+    if args.resume:
+        if args.config is None and args.out is None:
+            raise FacelabError("--resume needs --out DIR (the run folder to continue)")
+        if args.overrides or args.init is not None or args.accept_licence \
+                or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
+            raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
+        return load_config(args.config, training_overrides(args))
+    base, overrides = training_recipe(args)
+    return load_config(args.config, overrides, base=base)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

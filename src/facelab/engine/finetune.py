@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from facelab.config import InitConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from facelab.data.align import AUTO
 from facelab.errors import FacelabError
 from facelab.inference.spec import InputSpec
 from facelab.utils import distributed as D
@@ -34,6 +33,8 @@ from facelab.utils.io import load_torch, save_torch
 log = logging.getLogger(__name__)
 
 DISTILL_TARGETS = "distill_targets.pt"
+#: ``init.align`` value: the init model's own alignment
+AUTO = "auto"
 
 
 @dataclass
@@ -48,48 +49,20 @@ class InitModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _from_run(ref: str) -> InitModel:
-    from facelab.runs import load_run
-
-    lr = load_run(ref, "cpu")
-    d = lr.cfg.data
-    align = "none" if d.align == AUTO else d.align
-    spec = InputSpec(input_size=d.input_size, mean=tuple(d.mean), std=tuple(d.std), align=align)  # type: ignore[arg-type]
-    return InitModel(lr.backbone.eval(), to_dict(lr.cfg.model), spec, f"run {lr.path} (epoch {lr.epoch})")
-
-
-def _from_bundle(ref: str) -> InitModel:
-    from facelab.serving.bundle import Bundle
-
-    b = Bundle.load(ref)
-    m = b.meta
-    spec = InputSpec(input_size=m.input_size, colour_order=m.colour_order, mean=tuple(m.mean),  # type: ignore[arg-type]
-                     std=tuple(m.std), flip_tta=m.flip_tta)  # type: ignore[arg-type]
-    return InitModel(b.model.eval(), dict(m.architecture), spec, f"bundle {ref}", {"fingerprint": m.fingerprint})
-
-
 def resolve_init(ref: str, accept_licence: bool = False) -> InitModel:
-    """The init model ``ref`` names: a pretrained name or ``.onnx`` file, a bundle (``.safetensors``), or a run
-    folder / checkpoint.
+    """The init model ``ref`` names: anything :func:`facelab.inference.model.load_model` opens -- a pretrained
+    name or ``.onnx`` file, a bundle (``.safetensors``), a run folder or checkpoint -- on the CPU.
 
     Raises:
-        FacelabError: none of those, or what loading it raises (licence not accepted, missing package, ...).
+        FacelabError: none of those, or what opening it raises (licence not accepted, missing package, ...).
     """
-    from facelab import pretrained
-    from facelab.runs import is_run
+    from facelab.inference.model import load_model
 
-    if pretrained.is_pretrained_ref(ref):
-        pm = pretrained.load(ref, accept_licence=accept_licence)
-        return InitModel(pm.module, pm.architecture, pm.spec, f"pretrained {pm.name}", pm.info)
-    path = Path(ref)
-    if is_run(path):
-        return _from_run(ref)
-    if path.is_file() and path.suffix == ".safetensors":
-        return _from_bundle(ref)
-    if path.suffix.lower() == ".onnx":
-        raise FacelabError(f"init.model: ONNX file not found: {ref}")
-    raise FacelabError(f"init.model '{ref}' is not a pretrained model ({', '.join(pretrained.PRETRAINED.names())}), "
-                       f"an ONNX file, a bundle or a run folder / checkpoint")
+    try:
+        fm = load_model(ref, device="cpu", accept_licence=accept_licence)
+    except FacelabError as exc:
+        raise FacelabError(f"init.model: {exc}") from None
+    return InitModel(fm.backbone.eval(), dict(fm.architecture), fm.spec, f"{fm.kind} {fm.source}", dict(fm.info))
 
 
 def apply_init(cfg: TrainConfig, init: InitModel) -> list[str]:
@@ -105,9 +78,10 @@ def apply_init(cfg: TrainConfig, init: InitModel) -> list[str]:
     if (d.input_size, tuple(d.mean), tuple(d.std)) != (s.input_size, tuple(s.mean), tuple(s.std)):
         changes.append(f"input {s.input_size}x{s.input_size}, mean {list(s.mean)}, std {[round(v, 4) for v in s.std]}")
     d.input_size, d.mean, d.std = s.input_size, tuple(s.mean), tuple(s.std)  # type: ignore[assignment]
-    if d.align == AUTO:
-        d.align = s.align
-        changes.append(f"alignment {s.align}")
+    align = s.align if cfg.init.align == AUTO else cfg.init.align
+    if (d.align, d.align_options) != (align, dict(s.align_options)):
+        changes.append(f"alignment {align}")
+    d.align, d.align_options = align, dict(s.align_options) if align == s.align else dict(d.align_options)
     return changes
 
 

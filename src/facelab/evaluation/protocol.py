@@ -15,15 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.config import TrainConfig
-from facelab.data import FaceDataset, SplitManifest, eval_transform
-from facelab.data.align import face_preparer
+from facelab.data import SplitManifest
 from facelab.errors import FacelabError
-from facelab.evaluation.embed import extract_embeddings
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
+from facelab.inference.model import FaceModel, load_model
 from facelab.losses import FaceLoss
-from facelab.runs import load_run
 from facelab.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -46,22 +43,21 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
             "probes": int(probe_mask.sum())}
 
 
-def score_split(backbone: torch.nn.Module, cfg: TrainConfig, manifest: SplitManifest, root: str | Path,
-                device: torch.device, flip: bool, loss_fn: FaceLoss | None = None, quiet: bool = False,
-                label: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Closed-set and open-set figures of ``backbone`` on the held-out images of ``manifest``.
+def score_split(model: FaceModel, manifest: SplitManifest, root: Path, far_targets: tuple[float, ...],
+                loss_fn: FaceLoss | None = None, *, flip: bool | None = None, batch_size: int = 64,
+                quiet: bool = False, label: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Closed-set and open-set figures of ``model`` on the held-out images of ``manifest`` (embedded through the
+    model's embedder, cached in its run's ``embedding_cache/``).
 
-    Closed set: the loss's class scores, or (metric losses, or ``loss_fn=None`` for a model that never saw these
+    Closed set: the loss's class scores, or (a metric loss, or ``loss_fn=None`` for a model that never saw these
     identities, e.g. a pretrained one scored zero-shot) the nearest class centre of the training embeddings.
-    Returns (metrics, curves) where curves holds the open-set scores for the plots.
+    Returns (metrics, curves); curves holds the open-set scores for the plots.
     """
-    tf = eval_transform(cfg.data)
-    prepare = face_preparer(cfg.data)
+    embedder = model.embedder(progress=not quiet, cache=True, flip=flip, batch_size=batch_size)
     prefix = f"{label}: " if label else ""
 
     def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
-        ds = FaceDataset(root, items, cfg.data.input_size, tf, prepare=prepare)
-        return extract_embeddings(backbone, ds, cfg.eval.batch_size, flip, device, prefix + desc, not quiet)
+        return embedder.embed_all([root / p for p, _ in items], prefix + desc)
 
     metrics: dict[str, Any] = {}
     curves: dict[str, Any] = {}
@@ -71,7 +67,7 @@ def score_split(backbone: torch.nn.Module, cfg: TrainConfig, manifest: SplitMani
         logits = None
         if loss_fn is not None:
             with torch.no_grad():
-                logits = loss_fn.logits(torch.from_numpy(emb).to(device))
+                logits = loss_fn.logits(torch.from_numpy(emb).to(model.device))
         if logits is None:  # nearest class centre of the training embeddings
             train_emb = normalize(embed(manifest.train, "class centres"))
             train_y = np.array([y for _, y in manifest.train])
@@ -85,7 +81,7 @@ def score_split(backbone: torch.nn.Module, cfg: TrainConfig, manifest: SplitMani
         emb = normalize(embed(manifest.open_test, "open set"))
         labels = np.array([y for _, y in manifest.open_test])
         scores, same = all_pairs(emb, labels)
-        report = verification_report(scores, same, cfg.eval.far_targets)
+        report = verification_report(scores, same, far_targets)
         metrics["open_set"] = {
             "identities": len(manifest.open_identities),
             "images": len(labels),
@@ -93,43 +89,50 @@ def score_split(backbone: torch.nn.Module, cfg: TrainConfig, manifest: SplitMani
             "identification": identification_rank1(emb, labels, manifest.seed),
         }
         curves = {"scores": scores, "same": same, "report": report}
+    metrics["flip_tta"] = embedder.flip
     return metrics, curves
 
 
-def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
-             device: str | None = None, flip: bool | None = None, quiet: bool = False, compare_init: bool = False,
-             reference_pairs: str | Path | None = None, reference_data: str | Path | None = None
-             ) -> dict[str, Any]:
-    """``facelab eval``: the run's closed-set and open-set figures on its own split (metrics.json, ROC and score
-    histogram PNGs, roc.json).
+def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir: str | Path | None = None,
+             device: str | None = None, flip: bool | None = None, quiet: bool = False, *,
+             compare_init: bool = False, reference_pairs: str | Path | None = None,
+             reference_data: str | Path | None = None) -> dict[str, Any]:
+    """``facelab eval``: score a run on the held-out images of its own split (see the module docstring); writes
+    metrics.json, roc.png/.json and scores_hist.png into ``out_dir`` (default: the run folder).
 
-    For a fine-tuned run (``init.model``): ``compare_init`` adds the init model's figures on the same split
-    (``init_model``: zero-shot, closed set by nearest class centre), and ``reference_pairs`` (e.g. LFW pairs.txt)
-    adds a forgetting check (``forgetting``): k-fold accuracy of the init model and of the run on that pair list.
+    For a fine-tuned run (``init.model``): ``compare_init`` adds the init model's figures on the same split and
+    crops (``init_model``: zero-shot, closed set by nearest class centre), and ``reference_pairs`` (e.g. LFW
+    pairs.txt) a forgetting check (``forgetting``): k-fold accuracy of the init model and of the run on that list.
+
+    Raises:
+        FacelabError: not a training run, data folder missing, a held-out image that cannot be used (named), or
+            --compare-init / --reference-pairs for a run trained from scratch.
     """
-    loaded = load_run(run, device)
-    cfg, manifest, backbone, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.backbone, loaded.loss, loaded.device
-    root = data_root or cfg.data.root
-    if not Path(root).is_dir():
+    model = load_model(run, device=device)
+    if model.run is None:
+        raise FacelabError(f"facelab eval scores a training run on its own split; {model.kind} {model.source} has "
+                           f"none (use facelab pairs / identify-eval for other data)")
+    loaded = model.run
+    cfg, manifest, loss_fn = loaded.cfg, loaded.manifest, loaded.loss
+    root = Path(data_root or cfg.data.root)
+    if not root.is_dir():
         raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
-    out = Path(out_dir) if out_dir else loaded.path
-    use_flip = cfg.eval.flip_tta if flip is None else flip
     if (compare_init or reference_pairs) and not cfg.init.model:
         raise FacelabError(f"{run} was trained from scratch: --compare-init and --reference-pairs compare a "
                            f"fine-tuned run with the model it started from")
-
+    out = Path(out_dir) if out_dir else loaded.path
+    split, curves = score_split(model, manifest, root, cfg.eval.far_targets, loss_fn, flip=flip,
+                                batch_size=cfg.eval.batch_size, quiet=quiet)
     metrics: dict[str, Any] = {
         "run": str(run),
         "epochs": loaded.epoch,
         "backbone": cfg.model.backbone,
         "loss": cfg.loss.name,
-        "flip_tta": use_flip,
+        "flip_tta": split.pop("flip_tta"),
         "score": "cosine",
+        **({"init": cfg.init.model} if cfg.init.model else {}),
+        **split,
     }
-    if cfg.init.model:
-        metrics["init"] = cfg.init.model
-    split, curves = score_split(backbone, cfg, manifest, root, dev, use_flip, loss_fn, quiet)
-    metrics.update(split)
     if curves:
         scores, same, report = curves["scores"], curves["same"], curves["report"]
         roc = roc_curve(scores, same)
@@ -149,14 +152,17 @@ def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path 
             "histogram_thresholds": thresholds,
         })
     if compare_init or reference_pairs:
-        from facelab.evaluation.finetune import forgetting_check, init_backbone
+        from facelab.evaluation.finetune import forgetting_check, init_model_like
 
-        init = init_backbone(cfg, dev)
+        init = init_model_like(model)
         if compare_init:
-            zero_shot, _ = score_split(init, cfg, manifest, root, dev, use_flip, None, quiet, label="init model")
+            zero_shot, _ = score_split(init, manifest, root, cfg.eval.far_targets, None, flip=flip,
+                                       batch_size=cfg.eval.batch_size, quiet=quiet, label="init model")
+            zero_shot.pop("flip_tta")
             metrics["init_model"] = {"model": cfg.init.model, **zero_shot}
         if reference_pairs:
-            metrics["forgetting"] = forgetting_check(loaded, init, reference_pairs, reference_data, use_flip, quiet)
+            metrics["forgetting"] = forgetting_check(model, init, reference_pairs, reference_data, flip=flip,
+                                                     quiet=quiet)
     write_json(out / "metrics.json", metrics)
     if cfg.train.tensorboard:
         log_to_tensorboard(loaded.path / "tensorboard", metrics, loaded.epoch)

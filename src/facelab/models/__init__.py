@@ -10,12 +10,20 @@ from facelab.models import (  # noqa: F401  (register backbones)
     mobilefacenet,
     mobilenet_v1,
     mobilenet_v2,
+    onnx_graph,
     resnet,
     sface,
     vgg,
 )
-from facelab.models.architecture import architecture_of, build_from_architecture
-from facelab.models.base import BACKBONES, Backbone, build_backbone, count_parameters
+from facelab.models.architecture import build_with_weights
+from facelab.models.base import (
+    ARCHITECTURES,
+    BACKBONES,
+    Backbone,
+    build_backbone,
+    build_from_architecture,
+    count_parameters,
+)
 
-__all__ = ["BACKBONES", "Backbone", "architecture_of", "build_backbone", "build_from_architecture",
+__all__ = ["ARCHITECTURES", "BACKBONES", "Backbone", "build_backbone", "build_from_architecture", "build_with_weights",
            "count_parameters"]

@@ -3,7 +3,8 @@ becomes a trainable ``nn.Module`` that fine-tunes, exports and runs under DDP / 
 
 Rebuilding it needs the graph as well as the weights, so the module carries its graph in a ``uint8`` buffer
 (``onnx_graph``) that travels in every ``state_dict``: checkpoints, bundles and the pretrained cache hold the model
-in one file and ``build_from_architecture({"backbone": "onnx", ...}, size, state)`` rebuilds it. The weights are not
+in one file and ``build_from_architecture({"backbone": "onnx", ...}, size, state)`` rebuilds it (registered as the
+``"onnx"`` kind of :data:`~facelab.models.base.ARCHITECTURES`; ``options.input_order`` RGB/BGR). The weights are not
 stored twice: initializers whose values are already in the state dict are emptied in the stored graph (listed in
 its metadata) and refilled with zeros before conversion, then overwritten by ``load_state_dict``. Conversion checks
 that round trip once (:func:`convert_onnx`), so a graph whose conversion reads an initializer's values keeps them.
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facelab.config import ModelConfig, from_dict
 from facelab.errors import FacelabError
+from facelab.models.base import ARCHITECTURES
 from facelab.utils.extras import require
 
 #: ``model.backbone`` of an ONNX-converted model (not in BACKBONES: it cannot be built without its graph)
@@ -158,3 +161,17 @@ def graph_bytes_from_state(state: Mapping[str, torch.Tensor]) -> bytes:
     if graph is None or graph.dtype != torch.uint8 or graph.dim() != 1:
         raise FacelabError(f"an ONNX backbone's weights must hold its graph as a uint8 '{GRAPH_KEY}' tensor")
     return graph.cpu().numpy().tobytes()
+
+
+@ARCHITECTURES.register(ONNX_BACKBONE)
+def _build_onnx(architecture: Mapping[str, Any], input_size: int, state: Mapping[str, torch.Tensor] | None
+                ) -> OnnxBackbone:
+    """``build_from_architecture`` for ``"backbone": "onnx"``: the graph comes from ``state`` (loaded into it)."""
+    cfg = from_dict(ModelConfig, dict(architecture), "architecture")
+    extra = set(cfg.options) - {"input_order"}
+    if extra:
+        raise FacelabError(f"architecture.options: unknown key(s) for an ONNX backbone: {', '.join(sorted(extra))}")
+    if state is None:
+        raise FacelabError("an ONNX backbone is rebuilt from its weights (they carry its graph); none were given")
+    return rebuild_onnx(graph_bytes_from_state(state), cfg.embedding_dim, input_size,
+                        cfg.options.get("input_order", "RGB"), state)

