@@ -12,16 +12,23 @@ on the other folds). Writes pairs.json / pairs.md / ROC, DET and histogram PNGs 
 FAR=1e-3 (the registry's reference threshold comes from here).
 
 ``speed``: facelab's model (torch, eval, inference_mode) and onnxruntime on the cleaned ONNX graph (same fp32
-weights, spinning off, the same number of intra-op threads) embed the same batches of real aligned faces in
-alternation; the median images/s of each and their ratio are written to --out/speed.json.
+weights, the same number of intra-op threads) embed the same batches of real aligned faces in alternation; the
+median images/s of each and their ratio are written to --out/speed_*.json. Neither side spin-waits: onnxruntime's
+threads are told not to spin and torch's OpenMP threads run with OMP_WAIT_POLICY=PASSIVE (set before torch is
+imported; ``--omp-active`` keeps OpenMP's default spinning, which on a loaded 2-core machine costs torch a third).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and "--omp-active" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede importing torch
+
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -158,9 +165,12 @@ def cmd_speed(args: argparse.Namespace) -> None:
     doc = {"model": pm.name, "threads": args.threads, "batch": args.batch, "batches_each": len(times["facelab"]),
            "inputs": source, "images_per_s": rate, "ratio_facelab_over_ort": rate["facelab"] / rate["onnxruntime"],
            "max_abs_diff_last_batch": diff, "torch": torch.__version__,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active)"),
            "onnxruntime": __import__("onnxruntime").__version__}
-    write_json(Path(args.out) / f"speed_{pm.name}_t{args.threads}_b{args.batch}.json", doc)
-    print(f"{pm.name}, {args.threads} thread(s), batch {args.batch}, {source}: facelab {rate['facelab']:.1f} img/s, "
+    policy = "active" if args.omp_active else "passive"
+    write_json(Path(args.out) / f"speed_{pm.name}_t{args.threads}_b{args.batch}_{policy}.json", doc)
+    print(f"{pm.name}, {args.threads} thread(s), batch {args.batch}, OpenMP {policy}, {source}: facelab "
+          f"{rate['facelab']:.1f} img/s, "
           f"onnxruntime {rate['onnxruntime']:.1f} img/s, ratio {doc['ratio_facelab_over_ort']:.2f} "
           f"(max abs diff {diff:.2e})")
 
@@ -182,6 +192,7 @@ def main() -> None:
             s.add_argument("--no-flip", action="store_true")
         else:
             s.add_argument("--seconds", type=float, default=30.0)
+            s.add_argument("--omp-active", action="store_true", help="leave torch's OpenMP spin-waiting on")
     args = p.parse_args()
     try:
         (cmd_lfw if args.cmd == "lfw" else cmd_speed)(args)
