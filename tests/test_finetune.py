@@ -125,7 +125,7 @@ def test_apply_init_takes_model_input_and_alignment_from_the_init_model() -> Non
 def test_resolve_init_names_what_it_accepts(tmp_path: Path) -> None:
     with pytest.raises(FacelabError, match=r"init.model: .*no such file or folder"):
         resolve_init(str(tmp_path / "nothing-here"))
-    with pytest.raises(FacelabError, match="init.model: model 'nothing' not found.*sface"):
+    with pytest.raises(FacelabError, match=r"init.model: model 'nothing' not found.*sface"):
         resolve_init("nothing")
     with pytest.raises(FacelabError, match="accept-licence"):
         resolve_init("w600k_mbf")

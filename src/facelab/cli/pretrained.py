@@ -85,7 +85,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("model", metavar="NAME|FILE.onnx", help="a registered name (e.g. sface) or an ONNX file")
     g.add_argument("--out", "-o", required=True, metavar="FILE", help="bundle file to write (.safetensors)")
     g.add_argument("--threshold", type=float,
-                   help="cosine accept threshold (default: the model's reference threshold; required for ONNX files)")
+                   help="1:1 cosine accept threshold (default: the model's reference threshold; an ONNX file has "
+                   "none until `facelab calibrate`)")
     g.add_argument("--accept-licence", action="store_true",
                    help="accept the weights' licence of a gated model (e.g. w600k_mbf: non-commercial research only)")
     add_spec_arguments(g)

@@ -36,6 +36,7 @@ from facelab.data.sampler import build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
 from facelab.engine.finetune import (
+    DISTILL_TARGETS,
     FinetuneSchedule,
     Indexed,
     InitModel,
@@ -291,11 +292,9 @@ class _Run:
         if not cfg.init.model:
             raise FacelabError(f"loss '{cfg.loss.name}' distils from a reference model: set init.model (--init)")
         teacher = self.init_model
-        if teacher is None:  # resumed: the targets are normally saved in the run folder; else reopen the init model
-            from facelab.engine.finetune import DISTILL_TARGETS
-
-            if not (self.out / DISTILL_TARGETS).is_file():
-                teacher = resolve_init(cfg.init.model, cfg.init.accept_licence)
+        # resumed: the targets are normally saved in the run folder; else reopen the init model
+        if teacher is None and not (self.out / DISTILL_TARGETS).is_file():
+            teacher = resolve_init(cfg.init.model, cfg.init.accept_licence)
         view = copy.copy(self.dataset)  # shares the decoded (aligned) images, without augmentation
         view.transform = eval_transform(cfg.data)
         module = teacher.module if teacher is not None else nn.Identity()

@@ -178,15 +178,19 @@ def load(name_or_onnx_path: str | Path, *, accept_licence: bool = False, spec: I
     if entry.gated and not accept_licence:
         raise LicenceNotAccepted(f"pretrained model '{entry.name}': its weights are licensed {entry.licence}; accept "
                                  f"that licence explicitly with --accept-licence (accept_licence=True in Python)")
-    if spec is not None and spec.input_size != entry.spec.input_size:
-        raise FacelabError(f"pretrained model '{entry.name}' takes {entry.spec.input_size}x{entry.spec.input_size} "
-                           f"input, not {spec.input_size}")
+    if spec is not None:
+        mine, theirs = entry.spec.to_dict(), spec.to_dict()
+        fixed = [k for k in ("input_size", "colour_order", "mean", "std") if mine[k] != theirs[k]]
+        if fixed:
+            raise FacelabError(f"pretrained model '{entry.name}' was trained with its own {', '.join(fixed)} "
+                               f"({', '.join(f'{k}={mine[k]}' for k in fixed)}); only the alignment and flip TTA "
+                               f"can change")
     path = locate(entry.source.package, entry.source.path, entry.source.install)
     sha = verify_sha256(path, entry.source.sha256)
     if entry.converter != "native":
         from facelab.utils.extras import require
 
-        require("onnx2torch", "insightface" if entry.name == "w600k_mbf" else "onnx")
+        require("onnx2torch", entry.extra)
     loaded = _load_entry(entry, path, sha)
     if spec is not None:  # e.g. another alignment or flip setting; the normalisation is the weights' own
         loaded.spec = spec

@@ -55,6 +55,8 @@ class PretrainedEntry:
     architecture: dict[str, Any] = field(default_factory=dict)
     #: True: the weights' licence restricts use, and loading needs an explicit acceptance
     gated: bool = False
+    #: the facelab extra that installs what the converter needs (onnx2torch)
+    extra: str = "onnx"
     #: cosine accept threshold a bundle of the model starts with, and where it comes from
     threshold: float | None = None
     threshold_source: str = ""
@@ -124,4 +126,5 @@ register_pretrained(PretrainedEntry(
     converter="onnx2torch",
     architecture={"options": {"input_order": "RGB"}},
     gated=True,
+    extra="insightface",
 ))
