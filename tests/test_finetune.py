@@ -147,6 +147,15 @@ def test_train_with_only_data_fine_tunes_the_pretrained_default(capsys: pytest.C
     assert other.init.model == "w600k_mbf" and other.init.accept_licence
 
 
+def test_fit_uses_the_same_recipe_as_train() -> None:
+    from facelab.cli.train import training_recipe
+
+    base, overrides = training_recipe(build_parser().parse_args(["fit", "faces", "--out", "r"]))
+    assert base is not None and base["init"]["model"] == "sface"
+    base, overrides = training_recipe(build_parser().parse_args(["fit", "faces", "--out", "r", "--backbone", "lenet5"]))
+    assert base is None and "model.backbone=lenet5" in overrides
+
+
 def test_choosing_a_model_trains_from_scratch() -> None:
     defaults = TrainConfig()
     for argv in (("--backbone", "resnet18"), ("--init", "none"), ("--set", "model.width=32")):
