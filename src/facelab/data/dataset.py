@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
-from facelab.faces.base import NoFaceFound
 from facelab.images import ImageError, ImageNotFound, read_image
 
 log = logging.getLogger(__name__)
@@ -26,24 +25,22 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
     before any training). Without it an image that fails to decode mid-epoch is replaced by another image of the same
     identity and reported once, so a long run never dies on one bad file.
 
-    ``prepare`` (face detection + alignment, :func:`facelab.data.align.face_preparer`) turns each decoded photo into
-    the face crop before resizing; a photo in which it finds no face (``NoFaceFound``) is used whole and listed in
-    ``no_face``.
+    ``reader`` turns a file path into the PIL image used (default: the image gate's :func:`read_image`); training on
+    raw photos passes an aligning reader (:class:`facelab.data.align.AlignedReader`).
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, int]], input_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False,
-                 prepare: Callable[[Image.Image], Image.Image] | None = None, progress: bool = False) -> None:
+                 reader: Callable[[Path], Image.Image] | None = None, progress: bool = False) -> None:
         self.root = Path(root)
+        self.reader = reader or read_image
         self.items = list(items)
         self.base = base_transform(input_size)
         self.transform = transform
-        self.prepare = prepare
         self.failed: set[str] = set()
-        self.no_face: set[str] = set()
         self._cache: list[torch.Tensor] | None = None
         if cache:
-            what = "decode + align" if prepare is not None else "decode"
+            what = "decode + align" if reader is not None else "decode"
             self._cache = [self._decode_strict(p) for p, _ in tqdm(self.items, desc=what, unit="img",
                                                                     disable=not progress, leave=False)]
 
@@ -55,13 +52,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return [y for _, y in self.items]
 
     def _decode(self, rel: str) -> torch.Tensor:
-        image = read_image(self.root / rel)
-        if self.prepare is not None:
-            try:
-                image = self.prepare(image)
-            except NoFaceFound:
-                self.no_face.add(rel)
-        return self.base(image)
+        return self.base(self.reader(self.root / rel))
 
     def _decode_strict(self, rel: str) -> torch.Tensor:
         try:

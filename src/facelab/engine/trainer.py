@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
 from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split, scan_folder, train_transform
-from facelab.data.align import face_preparer, uses_alignment
+from facelab.data.align import aligned_reader, uses_alignment
 from facelab.data.sampler import build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
@@ -223,14 +223,15 @@ class _Run:
         self.sharded = list(sharded_parameters(loss_fn).values())
 
         # aligning is costly: an aligned folder is decoded and aligned once, up front
+        reader = aligned_reader(cfg.data)
         self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
-                                   cache=cfg.data.cache_images or uses_alignment(cfg.data),
-                                   prepare=face_preparer(cfg.data), progress=not self.quiet)
+                                   cache=cfg.data.cache_images or uses_alignment(cfg.data), reader=reader,
+                                   progress=not self.quiet)
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
-        if self.dataset.no_face:
-            self.say(f"data: no face found in {len(self.dataset.no_face)} training image(s), used whole: "
-                     f"{', '.join(sorted(self.dataset.no_face)[:5])}")
+        if reader is not None and reader.no_face:
+            self.say(f"data: no face found in {len(reader.no_face)} training image(s), used whole: "
+                     f"{', '.join(sorted(reader.no_face)[:5])}")
         self._setup_finetune(loss_fn)
         self.generator = torch.Generator()
         base = build_batch_sampler(self.dataset.labels, cfg.data, self.generator)
