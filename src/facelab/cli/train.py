@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,10 +126,7 @@ def training_recipe(args: argparse.Namespace) -> tuple[dict[str, Any] | None, li
     base = None
     if scratch:
         overrides.append("init.model=''")
-    elif args.init is not None or not chooses_model(args):
-        if args.init is None and os.environ.get("RANK", "0") == "0":
-            print("facelab: no model chosen: fine-tuning the pretrained 'sface' (configs/finetune.yaml); pass "
-                  "--init none --backbone NAME to train from scratch", file=sys.stderr)
+    elif args.init is not None or not chooses_model(args):  # the trainer says what it fine-tunes and how to opt out
         base = None if args.config is not None else load_yaml(finetune_config_path())
         if args.init is not None:
             overrides.append(f"init.model={args.init}")

@@ -150,12 +150,14 @@ class _Run:
         self.cfg = cfg
         _validate(cfg)
         self.init_model: InitModel | None = None
+        init_note = ""
         if cfg.init.model:
             validate_init(cfg.init)
             if state is None:  # a resumed run's config already describes the init model
                 self.init_model = resolve_init(cfg.init.model, cfg.init.accept_licence)
                 changes = apply_init(cfg, self.init_model)
-                self.say(f"init: {self.init_model.source}" + (f"; {', '.join(changes)}" if changes else ""))
+                init_note = (f"init: fine-tuning {self.init_model.source}" + (f"; {', '.join(changes)}" if changes
+                             else "") + " (--init none trains from scratch)")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, ctx.local_rank)
@@ -174,6 +176,8 @@ class _Run:
         else:
             manifest = SplitManifest.from_dict(D.run_on_main(ctx, self._prepare_folder))
         self.manifest = manifest
+        if init_note:  # said once the data is known to be there, so a bad folder stays a one-line error
+            self.say(init_note)
         r = manifest.report
         self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
                  f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
