@@ -140,8 +140,10 @@ def test_train_with_only_data_fine_tunes_the_pretrained_default() -> None:
     cfg = train_config_from_args(_args("--data", "faces", "--out", "runs/x"))
     assert cfg.init.model == "sface" and cfg.init.distill > 0 and cfg.optim.epochs == 4
     assert cfg.data.root == "faces" and cfg.out_dir == "runs/x"
-    # flags still apply on top of the recipe
+    # flags and init settings still apply on top of the recipe
     assert train_config_from_args(_args("--data", "f", "--epochs", "2")).optim.epochs == 2
+    tuned = train_config_from_args(_args("--data", "f", "--set", "init.freeze_bn=false"))
+    assert tuned.init.model == "sface" and not tuned.init.freeze_bn
     other = train_config_from_args(_args("--data", "f", "--init", "w600k_mbf", "--accept-licence"))
     assert other.init.model == "w600k_mbf" and other.init.accept_licence
 

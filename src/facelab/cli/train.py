@@ -106,7 +106,7 @@ def finetune_config_path() -> Path:
 def chooses_model(args: argparse.Namespace) -> bool:
     """Whether the command line says which model to train (otherwise the pretrained default is fine-tuned)."""
     return (args.config is not None or args.backbone is not None or args.init is not None
-            or any(o.strip().startswith(("model.", "init.")) for o in args.overrides))
+            or any(o.strip().startswith(("model.", "init.model=")) for o in args.overrides))
 
 
 def training_recipe(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[str]]:
