@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: ../shared/data beside the repo, or $FACELAB_SHARED_DATA (e.g. for a git worktree kept elsewhere)
+#: ../shared/data beside the repo; FACELAB_SHARED_DATA points elsewhere (a git worktree that does not sit beside it)
 SHARED_DATA = Path(os.environ.get("FACELAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
 

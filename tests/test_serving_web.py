@@ -147,7 +147,7 @@ def test_enroll_and_identify_through_the_web_page(server: str, browser: DevTools
     browser.js("document.getElementById('identify-button').click()")
     text = browser.wait_for("document.getElementById('identify-result').textContent.startsWith('identity:') && "
                             "document.getElementById('identify-result').textContent")
-    assert text.splitlines()[0] == "identity: alice" and text.splitlines()[1].startswith("alice  1.000")
+    assert text.splitlines()[0] == "identity: alice" and text.splitlines()[1].strip().startswith("alice  1.000")
 
     browser.set_files("#identify-file", stranger)
     browser.js("document.getElementById('identify-result').textContent = ''")

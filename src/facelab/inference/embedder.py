@@ -201,22 +201,25 @@ class Embedder:
                     first_of[k] = i
         failed: list[tuple[int, str]] = []
         batch_idx: list[int] = []
-        batch_crops: list[FaceCrop] = []
+        batch_inputs: list[torch.Tensor] = []  # the model's inputs, not the crops: a batch never holds full images
+        batch_methods: list[str] = []
         new: dict[str, tuple[np.ndarray, str]] = {}
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not self.progress or not todo, leave=False,
                    dynamic_ncols=True)
 
         def flush() -> None:
-            if not batch_crops:
+            if not batch_inputs:
                 return
-            emb = self.embed_crops([c.image for c in batch_crops])
-            for j, (i, crop) in enumerate(zip(batch_idx, batch_crops, strict=True)):
-                found[i] = (emb[j], crop.method)
+            emb = self.forward(torch.stack(batch_inputs))
+            self.calls += len(batch_inputs)
+            for j, (i, method) in enumerate(zip(batch_idx, batch_methods, strict=True)):
+                found[i] = (emb[j], method)
                 if keys[i] is not None:
                     new[keys[i]] = found[i]  # type: ignore[index]
-            bar.update(len(batch_crops))
+            bar.update(len(batch_inputs))
             batch_idx.clear()
-            batch_crops.clear()
+            batch_inputs.clear()
+            batch_methods.clear()
 
         try:
             for i in todo:
@@ -229,8 +232,10 @@ class Embedder:
                     bar.update(1)
                     continue
                 batch_idx.append(i)
-                batch_crops.append(crop)
-                if len(batch_crops) >= self.batch_size:
+                batch_inputs.append(self.transform(crop.image))  # the decoded image is freed right here
+                batch_methods.append(crop.method)
+                del crop
+                if len(batch_inputs) >= self.batch_size:
                     flush()
             flush()
         finally:
