@@ -80,11 +80,13 @@ def figures(metrics: dict[str, Any]) -> dict[str, float]:
             "open_eer": v.get("eer"), **tar, "rank1": rank1}
 
 
-def lfw_accuracy(run: Path | None, crops_file: Path, pairs_file: str, data: str) -> dict[str, float]:
-    """10-fold LFW accuracy of the pretrained model (run None) or a run's model on cached aligned crops."""
+def lfw_accuracy(run: Path | None, crops_file: Path, pairs_file: str, data: str, folds: int = 0,
+                 flip: bool = True) -> dict[str, float]:
+    """LFW k-fold accuracy of the pretrained model (run None) or a run's model on cached aligned crops; ``folds``
+    > 0 keeps only the pairs of the first ``folds`` folds (a cheaper, noisier check)."""
     import bench_pretrained
 
-    from facelab.evaluation.pairs import read_pairs, score_pairs
+    from facelab.evaluation.pairs import PairList, read_pairs, score_pairs
     from facelab.inference.model import load_model
 
     model = load_model(str(run) if run is not None else "sface", device="cpu")
@@ -92,9 +94,18 @@ def lfw_accuracy(run: Path | None, crops_file: Path, pairs_file: str, data: str)
     with np.load(crops_file, allow_pickle=False) as z:
         assert z["keys"].tolist() == [str(s) for s in pairs.images], "crops cached for another pair list"
         crops = z["crops"]
-    emb = bench_pretrained.embed(model.backbone.eval(), crops, model.spec, 64, True)
+    if folds:
+        keep = pairs.folds < folds
+        used = np.unique(np.r_[pairs.first[keep], pairs.second[keep]])
+        remap = np.full(len(pairs.images), -1)
+        remap[used] = np.arange(len(used))
+        crops = crops[used]
+        pairs = PairList(pairs.source, [pairs.images[i] for i in used], remap[pairs.first[keep]],
+                         remap[pairs.second[keep]], pairs.labels[keep], pairs.folds[keep])  # type: ignore[index]
+    emb = bench_pretrained.embed(model.backbone.eval(), crops, model.spec, 64, flip)
     r = score_pairs(emb, pairs, ("cosine",))["cosine"]
-    return {"accuracy": r["kfold"]["accuracy_mean"], "std": r["kfold"]["accuracy_std"]}
+    return {"accuracy": r["kfold"]["accuracy_mean"], "std": r["kfold"]["accuracy_std"], "pairs": len(pairs),
+            "flip": flip}
 
 
 def main() -> None:
@@ -109,9 +120,22 @@ def main() -> None:
     p.add_argument("--lfw-crops")
     p.add_argument("--pairs")
     p.add_argument("--data-lfw")
+    p.add_argument("--lfw-folds", type=int, default=0, help="forgetting check on the first N folds only")
+    p.add_argument("--lfw-no-flip", action="store_true")
+    p.add_argument("--forgetting-only", metavar="RUN", help="only the LFW check, for an existing fine-tuned run")
     args = p.parse_args()
     pipeline = temp_alignment.install()
     out = Path(args.out)
+    if args.forgetting_only:
+        flip = not args.lfw_no_flip
+        doc = {"run": args.forgetting_only, "folds": args.lfw_folds or 10,
+               "zero_shot": lfw_accuracy(None, Path(args.lfw_crops), args.pairs, args.data_lfw, args.lfw_folds, flip),
+               "finetuned": lfw_accuracy(Path(args.forgetting_only), Path(args.lfw_crops), args.pairs, args.data_lfw,
+                                         args.lfw_folds, flip)}
+        doc["change_points"] = 100 * (doc["finetuned"]["accuracy"] - doc["zero_shot"]["accuracy"])
+        write_json(out / "forgetting.json", doc)
+        print(json.dumps(doc, indent=1))
+        return
     data = Path(args.data)
     if args.relight:
         data = relight(data, out / "data_relit")
@@ -141,8 +165,10 @@ def main() -> None:
             assert cli(["eval", str(sc), "--quiet"]) == 0
         rows["scratch"] = figures(json.loads((sc / "metrics.json").read_text()))
     if args.lfw_crops:
-        rows["lfw_zero_shot"] = lfw_accuracy(None, Path(args.lfw_crops), args.pairs, args.data_lfw)
-        rows["lfw_finetuned"] = lfw_accuracy(ft, Path(args.lfw_crops), args.pairs, args.data_lfw)
+        rows["lfw_zero_shot"] = lfw_accuracy(None, Path(args.lfw_crops), args.pairs, args.data_lfw, args.lfw_folds,
+                                             not args.lfw_no_flip)
+        rows["lfw_finetuned"] = lfw_accuracy(ft, Path(args.lfw_crops), args.pairs, args.data_lfw, args.lfw_folds,
+                                             not args.lfw_no_flip)
         rows["lfw_change_points"] = 100 * (rows["lfw_finetuned"]["accuracy"] - rows["lfw_zero_shot"]["accuracy"])
     write_json(out / "compare.json", rows)
     models = [k for k in ("zero_shot", "finetuned", "scratch") if k in rows]
