@@ -133,6 +133,32 @@ class EngineConfig:
 
 
 @dataclass
+class InitConfig:
+    """Start from a trained model instead of random weights (transfer learning, ``facelab train --init``).
+
+    The backbone, its input size and normalisation (``data.input_size``, ``data.mean``, ``data.std``) and its face
+    alignment (``data.align``, see ``init.align``) come from the init model; the loss gets a fresh head for the
+    folder's identities.
+    """
+
+    #: a pretrained name (facelab pretrained list), an ONNX file, a bundle, a run folder or checkpoint; "" = scratch
+    model: str = ""
+    #: accept the weights' licence of a gated pretrained model
+    accept_licence: bool = False
+    #: the backbone's learning rate as a fraction of optim.lr (the new head learns at optim.lr)
+    backbone_lr: float = 0.1
+    #: epochs (may be fractional) at the start during which only the head learns, the backbone frozen
+    freeze_epochs: float = 0.0
+    #: keep the backbone's BatchNorm statistics fixed (small fine-tuning batches estimate them poorly)
+    freeze_bn: bool = True
+    #: weight of the ``distill`` loss (1 - cosine to the init model's embeddings of the same images), 0 = off
+    distill: float = 1.0
+    #: data.align while fine-tuning: "auto" = the init model's (yunet for the pretrained ones), "none" = the folder
+    #: holds face crops aligned already, or a detector name
+    align: str = "auto"
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,6 +166,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
     out_dir: str = "runs/facelab"
     device: str = "auto"

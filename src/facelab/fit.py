@@ -82,12 +82,14 @@ def held_out_fpir(s: Searches, stranger_names: list[str], target: float) -> floa
 
 
 def fit(data: str | Path, out: str | Path, *, config: str | Path | None = None, overrides: list[str] | None = None,
-        target_far: float = 1e-3, target_fpir: float = 1e-2, quiet: bool = False) -> FitReport:
-    """Run the steps of the module docstring. Raises FacelabError from any step (nothing half-written: every
-    file is written atomically; a failed step leaves the earlier steps' files in RUN)."""
+        target_far: float = 1e-3, target_fpir: float = 1e-2, quiet: bool = False,
+        base: dict[str, Any] | None = None) -> FitReport:
+    """Run the steps of the module docstring (``base``: a config dict under ``config``, e.g. the fine-tune recipe).
+    Raises FacelabError from any step (nothing half-written: every file is written atomically; a failed step leaves
+    the earlier steps' files in RUN)."""
     t0 = time.perf_counter()
     out = Path(out)
-    cfg = load_config(config, [f"data.root={data}", f"out_dir={out}", *(overrides or [])])
+    cfg = load_config(config, [f"data.root={data}", f"out_dir={out}", *(overrides or [])], base=base)
     result = train(cfg, quiet=quiet)
     model = load_model(result.out_dir)
     metrics = evaluate(model, quiet=quiet)

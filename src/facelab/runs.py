@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from facelab.config import TrainConfig, from_dict
+from facelab.config import TrainConfig, from_dict, to_dict
 from facelab.data.splits import SplitManifest
 from facelab.errors import FacelabError
 from facelab.losses import FaceLoss, build_loss
-from facelab.models import Backbone, build_backbone
+from facelab.models import build_backbone, build_with_weights
 from facelab.utils.device import resolve_device
 from facelab.utils.io import load_torch, save_torch, write_json
 
@@ -93,9 +94,15 @@ def run_dir(run: str | Path) -> Path:
 
 
 # -- building and opening ------------------------------------------------------------------------------------------
-def build_model_and_loss(cfg: TrainConfig, num_classes: int) -> tuple[Backbone, FaceLoss]:
-    """The backbone and loss (with its class weights) a config describes, freshly initialised."""
-    backbone = build_backbone(cfg.model, cfg.data.input_size)
+def build_model_and_loss(cfg: TrainConfig, num_classes: int,
+                         backbone_state: Mapping[str, torch.Tensor] | None = None) -> tuple[nn.Module, FaceLoss]:
+    """The backbone and loss (with its class weights) a config describes: freshly initialised, or with
+    ``backbone_state`` loaded into the backbone (rebuilt by ``build_with_weights``, which an ONNX-converted
+    backbone needs: its graph travels in its state)."""
+    if backbone_state is not None:
+        backbone: nn.Module = build_with_weights(to_dict(cfg.model), cfg.data.input_size, backbone_state).train()
+    else:
+        backbone = build_backbone(cfg.model, cfg.data.input_size)
     loss = build_loss(cfg.loss, cfg.model.embedding_dim, num_classes)
     return backbone, loss
 
@@ -125,9 +132,11 @@ def load_run(run: str | Path | LoadedRun, device: str | None = None) -> LoadedRu
     cfg = from_dict(TrainConfig, state["config"])
     manifest = SplitManifest.from_dict(state["manifest"])
     dev = resolve_device(device or cfg.device)
-    backbone, loss = build_model_and_loss(cfg, manifest.num_classes)
     try:
-        backbone.load_state_dict(state["model"])
+        backbone, loss = build_model_and_loss(cfg, manifest.num_classes, state["model"])
+    except FacelabError as exc:
+        raise FacelabError(f"{checkpoint_path(run)}: {exc}") from None
+    try:
         loss.load_state_dict(state["loss"])
     except RuntimeError as exc:
         raise FacelabError(f"{checkpoint_path(run)}: weights do not fit the stored config: "

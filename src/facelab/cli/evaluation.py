@@ -17,6 +17,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="where to write reports (default: the run folder)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the training device setting)")
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip test-time augmentation")
+    p.add_argument("--compare-init", action="store_true",
+                   help="fine-tuned run: also score the model it started from (zero-shot) on the same split")
+    p.add_argument("--reference-pairs", metavar="FILE",
+                   help="fine-tuned run: forgetting check on this pair list (e.g. LFW pairs.txt): k-fold accuracy "
+                   "of the init model and of the run")
+    p.add_argument("--reference-data", metavar="ROOT",
+                   help="folder the --reference-pairs image paths are relative to (default: the file's folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -138,7 +145,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from facelab.evaluation.protocol import evaluate, format_table
 
-    metrics = evaluate(args.run, args.data, args.out, args.device, False if args.no_flip else None, args.quiet)
+    metrics = evaluate(args.run, args.data, args.out, args.device, False if args.no_flip else None, args.quiet,
+                       compare_init=args.compare_init, reference_pairs=args.reference_pairs,
+                       reference_data=args.reference_data)
     print(format_table(metrics))
     return 0
 

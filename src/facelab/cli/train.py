@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+from typing import Any
 
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on an identity folder",
-                       description="Train a backbone with a face loss on ROOT/<identity>/<image>. The split is "
-                       "seeded and saved (split.json) so `facelab eval` scores exactly the held-out images. A "
-                       "checkpoint is written atomically after every epoch; --resume continues a stopped run.")
+    p = sub.add_parser("train", help="train a model on an identity folder (by default: fine-tune a pretrained one)",
+                       description="Train on ROOT/<identity>/<image>. With only --data (no --config, --backbone, "
+                       "--init or model/init settings) it fine-tunes the pretrained SFace model on the folder's "
+                       "aligned faces (recipe: configs/finetune.yaml); --init MODEL fine-tunes another model, "
+                       "--init none trains --backbone from scratch. The split is seeded and saved (split.json) so "
+                       "`facelab eval` scores exactly the held-out images. A checkpoint is written atomically after "
+                       "every epoch; --resume continues a stopped run.")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
     add_training_options(p)
@@ -27,7 +32,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     """The recipe options shared by ``facelab train`` and ``facelab fit`` (each sets a config key)."""
     p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--epochs", type=int, help="number of epochs (sets optim.epochs)")
-    p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone)")
+    p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone; trains from "
+                   "scratch)")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune MODEL: a pretrained name (facelab pretrained list), an "
+                   "ONNX file, a bundle or a run folder (sets init.model; default recipe configs/finetune.yaml); "
+                   "'none' = train from scratch. Without --config/--backbone/--init, the pretrained sface is "
+                   "fine-tuned")
+    p.add_argument("--accept-licence", action="store_true",
+                   help="accept the weights' licence of a gated pretrained --init model (sets init.accept_licence)")
     p.add_argument("--loss", help="loss name, e.g. arcface, softmax (sets loss.name)")
     p.add_argument("--batch-size", type=int, help="images per step (sets data.batch_size)")
     p.add_argument("--lr", type=float, help="peak learning rate (sets optim.lr)")
@@ -86,19 +98,70 @@ def training_overrides(args: argparse.Namespace) -> list[str]:
             if getattr(args, flag, None) is not None]
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+SCRATCH = ("none", "scratch", "")
 
-    from facelab.config import load_config
-    from facelab.engine import train
+
+def finetune_config_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("facelab") / "configs" / "finetune.yaml"))
+
+
+def chooses_model(args: argparse.Namespace) -> bool:
+    """Whether the command line says which model to train (otherwise the pretrained default is fine-tuned)."""
+    return (args.config is not None or args.backbone is not None or args.init is not None
+            or any(o.strip().startswith(("model.", "init.model=")) for o in args.overrides))
+
+
+def training_recipe(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[str]]:
+    """(base config, overrides) for the options of :func:`add_training_options`, --set last: the fine-tune recipe
+    (configs/finetune.yaml) as the base when fine-tuning without --config, including when nothing chooses a model.
+
+    Raises:
+        FacelabError: --backbone together with --init.
+    """
+    from facelab.config import load_yaml
 
     overrides = training_overrides(args)
+    scratch = args.init is not None and args.init.lower() in SCRATCH
+    if args.init is not None and not scratch and args.backbone is not None:
+        raise FacelabError("--backbone trains a new network from scratch and --init fine-tunes an existing one: "
+                           "pass one of them")
+    base = None
+    if scratch:
+        overrides.append("init.model=''")
+    elif args.init is not None or not chooses_model(args):  # the trainer says what it fine-tunes and how to opt out
+        base = None if args.config is not None else load_yaml(finetune_config_path())
+        if args.init is not None:
+            overrides.append(f"init.model={args.init}")
+    if args.accept_licence:
+        overrides.append("init.accept_licence=true")
+    return base, [*overrides, *args.overrides]
+
+
+def train_config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig ``facelab train`` runs with (see :func:`training_recipe`).
+
+    Raises:
+        FacelabError: contradictory flags (--resume with other options, --backbone with --init).
+    """
+    from facelab.config import load_config
+
     if args.resume:
         if args.config is None and args.out is None:
             raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
+        if args.overrides or args.init is not None or args.accept_licence \
+                or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
             raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-    cfg = load_config(args.config, [*overrides, *args.overrides])
+        return load_config(args.config, training_overrides(args))
+    base, overrides = training_recipe(args)
+    return load_config(args.config, overrides, base=base)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from facelab.engine import train
+
+    cfg = train_config_from_args(args)
     result = train(cfg, resume=args.resume, quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from facelab.cli.common import Handler
-from facelab.cli.train import add_training_options, training_overrides
+from facelab.cli.train import add_training_options, training_recipe
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from facelab.fit import fit, format_fit
 
-    report = fit(args.data, args.out, config=args.config, overrides=[*training_overrides(args), *args.overrides],
+    base, overrides = training_recipe(args)  # like facelab train: fine-tunes sface unless a model is chosen
+    report = fit(args.data, args.out, config=args.config, overrides=overrides, base=base,
                  target_far=args.target_far, target_fpir=args.target_fpir, quiet=args.quiet)
     print(format_fit(report))
     return 0

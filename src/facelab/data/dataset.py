@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
@@ -31,7 +32,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, int]], input_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False,
-                 reader: Callable[[Path], Image.Image] | None = None) -> None:
+                 reader: Callable[[Path], Image.Image] | None = None, progress: bool = False) -> None:
         self.root = Path(root)
         self.reader = reader or read_image
         self.items = list(items)
@@ -40,7 +41,9 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         self.failed: set[str] = set()
         self._cache: list[torch.Tensor] | None = None
         if cache:
-            self._cache = [self._decode_strict(p) for p, _ in self.items]
+            what = "decode + align" if reader is not None else "decode"
+            self._cache = [self._decode_strict(p) for p, _ in tqdm(self.items, desc=what, unit="img",
+                                                                    disable=not progress, leave=False)]
 
     def __len__(self) -> int:
         return len(self.items)

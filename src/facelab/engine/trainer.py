@@ -11,6 +11,7 @@ PyTorch's DistributedDataParallel; rank 0 logs and writes merged checkpoints tha
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -29,11 +30,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
-from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
+from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split, scan_folder, train_transform
 from facelab.data.folder import align_faces
 from facelab.data.sampler import build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
+from facelab.engine.finetune import (
+    DISTILL_TARGETS,
+    FinetuneSchedule,
+    Indexed,
+    InitModel,
+    apply_init,
+    distill_targets,
+    resolve_init,
+    scale_backbone_lr,
+    validate_init,
+)
 from facelab.engine.optim import build_optimizer, build_scheduler
 from facelab.engine.state import (
     gather_rng_states,
@@ -46,8 +58,9 @@ from facelab.engine.state import (
 )
 from facelab.engine.tracking import StepLog, plot_training_curves
 from facelab.errors import FacelabError
-from facelab.losses import LOSSES
+from facelab.losses import LOSSES, DistillLoss
 from facelab.models import BACKBONES, count_parameters
+from facelab.models.onnx_graph import ONNX_BACKBONE
 from facelab.runs import CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
 from facelab.utils import distributed as D
 from facelab.utils.device import resolve_device
@@ -142,13 +155,23 @@ class _Run:
                                f"--out")
         self.cfg = cfg
         _validate(cfg)
+        self.init_model: InitModel | None = None
+        init_note = ""
+        if cfg.init.model:
+            validate_init(cfg.init)
+            if state is None:  # a resumed run's config already describes the init model
+                self.init_model = resolve_init(cfg.init.model, cfg.init.accept_licence)
+                changes = apply_init(cfg, self.init_model)
+                init_note = (f"init: fine-tuning {self.init_model.source}" + (f"; {', '.join(changes)}" if changes
+                             else "") + " (--init none trains from scratch)")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.precision: Precision = resolve_precision(cfg.train.amp, self.device)
         if not cfg.data.root:
             raise FacelabError("no data folder given: set data.root in the config or pass --data")
-        BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
+        if cfg.model.backbone != ONNX_BACKBONE:
+            BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
         LOSSES.get(cfg.loss.name)
         if cfg.train.tensorboard and ctx.is_main:
             require_tensorboard()
@@ -159,11 +182,13 @@ class _Run:
         else:
             manifest = SplitManifest.from_dict(D.run_on_main(ctx, self._prepare_folder))
         self.manifest = manifest
+        if init_note:  # said once the data is known to be there, so a bad folder stays a one-line error
+            self.say(init_note)
         r = manifest.report
         self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
                  f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
                  f"({r['open_test_images']} images)")
-        self._build()
+        self._build(state)
         self.state = state
         if state is not None:
             self._restore(state)
@@ -192,10 +217,14 @@ class _Run:
         save_yaml(cfg, self.out / CONFIG)
         return manifest.to_dict()
 
-    def _build(self) -> None:
+    def _build(self, state: dict[str, Any] | None) -> None:
         cfg, ctx, device = self.cfg, self.ctx, self.device
         seed_everything(cfg.seed)
-        backbone, loss_fn = build_model_and_loss(cfg, self.manifest.num_classes)
+        if state is not None:  # the checkpoint's weights (an ONNX backbone is rebuilt from the graph they carry)
+            start: dict[str, torch.Tensor] | None = state.get("train_model", state["model"])
+        else:
+            start = self.init_model.module.state_dict() if self.init_model is not None else None
+        backbone, loss_fn = build_model_and_loss(cfg, self.manifest.num_classes, start)
         if cfg.train.sync_bn and ctx.enabled:
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         backbone.to(device)
@@ -209,9 +238,11 @@ class _Run:
 
         self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
                                    cache=cfg.data.cache_images,
-                                   reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options))
+                                   reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
+                                   progress=not self.quiet)
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
+        self._setup_finetune(loss_fn)
         self.generator = torch.Generator()
         base = build_batch_sampler(self.dataset.labels, cfg.data, self.generator)
         first = next(iter(base), None)
@@ -224,7 +255,8 @@ class _Run:
                                f"equal slices of at least 2 (BatchNorm): make data.batch_size a multiple of "
                                f"{ctx.world} and at least {2 * ctx.world}")
         self.batch_sampler = D.ShardedBatchSampler(base, ctx.rank, ctx.world)
-        self.loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
+        self.loader = DataLoader(self.dataset if self.targets is None else Indexed(self.dataset),
+                                 batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
                                  persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
         self.steps = len(self.loader) // cfg.optim.accumulate
         if self.steps == 0:
@@ -232,6 +264,9 @@ class _Run:
                                f"{cfg.optim.accumulate}")
 
         self.optimizer = build_optimizer(backbone, loss_fn, cfg.optim)
+        if cfg.init.model:
+            scale_backbone_lr(self.optimizer, cfg.init.backbone_lr)
+            self.finetune = FinetuneSchedule(cfg.init, self.steps)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps)
         self.scaler = self.precision.grad_scaler(device)
         self.ema = ModelEMA(backbone, cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 and ctx.is_main \
@@ -256,8 +291,30 @@ class _Run:
         self.start_epoch, self.global_step, self.batches_done = 0, 0, 0
         self.partial: dict[str, Any] | None = None
 
+    def _setup_finetune(self, loss_fn: nn.Module) -> None:
+        """The distillation targets (init.distill, or a main loss that takes targets) and the fine-tune schedule."""
+        cfg = self.cfg
+        self.finetune: FinetuneSchedule | None = None
+        self.targets: torch.Tensor | None = None
+        self.loss_takes_targets = bool(getattr(loss_fn, "uses_targets", False))
+        self.distill = DistillLoss(cfg.model.embedding_dim, 0) if cfg.init.model and cfg.init.distill > 0 else None
+        if not (self.distill is not None or self.loss_takes_targets):
+            return
+        if not cfg.init.model:
+            raise FacelabError(f"loss '{cfg.loss.name}' distils from a reference model: set init.model (--init)")
+        teacher = self.init_model
+        # resumed: the targets are normally saved in the run folder; else reopen the init model
+        if teacher is None and not (self.out / DISTILL_TARGETS).is_file():
+            teacher = resolve_init(cfg.init.model, cfg.init.accept_licence)
+        view = copy.copy(self.dataset)  # shares the decoded (aligned) images, without augmentation
+        view.transform = eval_transform(cfg.data)
+        module = teacher.module if teacher is not None else nn.Identity()
+        self.targets = distill_targets(module, view, self.manifest.train, self.out, self.ctx, self.device,
+                                       cfg.eval.batch_size, not self.quiet)
+        if self.init_model is not None:
+            self.init_model.module.cpu()
+
     def _restore(self, state: dict[str, Any]) -> None:
-        self.backbone.load_state_dict(state.get("train_model", state["model"]))
         load_module_state(self.loss_fn, state["loss"])
         load_optimizer_state(self.optimizer, self.loss_fn, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -332,6 +389,8 @@ class _Run:
                 tally = EpochTally.from_list(self.partial["sums"], self.partial["seconds"])
             self.batch_sampler.skip = skip
             self.backbone.train()
+            if self.finetune is not None:
+                self.finetune.set_modes(self.backbone, self.global_step)
             self.loss_fn.train()
             batches = iter(self.loader)
             rng = (self.state or {}).get("rng")
@@ -339,8 +398,11 @@ class _Run:
                 set_rng_state(rng[ctx.rank], self.device)  # after the loader drew its seed: exact continuation
             t0 = time.perf_counter() - tally.seconds
             for micro in range(skip, per_epoch):
-                images, labels = next(batches)
-                out = self._forward_backward(images, labels, sync=(micro + 1) % k == 0, epoch=epoch, micro=micro)
+                batch = next(batches)
+                images, labels = batch[0], batch[1]
+                index = batch[2] if len(batch) > 2 else None
+                out = self._forward_backward(images, labels, sync=(micro + 1) % k == 0, epoch=epoch, micro=micro,
+                                             index=index)
                 n = labels.numel()
                 tally.loss_sum += out[0] * n
                 tally.seen += n
@@ -400,26 +462,42 @@ class _Run:
         return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool, epoch: int,
-                          micro: int) -> tuple[float, int | None]:
-        """One micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an accumulation."""
+                          micro: int, index: torch.Tensor | None = None) -> tuple[float, int | None]:
+        """One micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an accumulation.
+        While fine-tuning keeps the backbone frozen it runs without gradients and only the head learns."""
         images = images.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(self.device, non_blocking=True)
+        frozen = self.finetune is not None and self.finetune.frozen(self.global_step)
+        if self.finetune is not None:
+            self.finetune.set_modes(self.backbone, self.global_step)
+        targets = None if self.targets is None or index is None else self.targets[index].to(self.device)
         with contextlib.ExitStack() as stack:
             if not sync:
                 for ddp in self.ddp:
                     stack.enter_context(ddp.no_sync())
             with self.precision.autocast(self.device):
-                out = self.loss_module(self.model(images), labels)
-            loss_value = out.loss.item()
+                if frozen:
+                    with torch.no_grad():
+                        embeddings = self.backbone(images)
+                else:
+                    embeddings = self.model(images)
+                if self.loss_takes_targets:
+                    out = self.loss_module(embeddings, labels, targets=targets)
+                else:
+                    out = self.loss_module(embeddings, labels)
+                total = out.loss
+                if self.distill is not None and not frozen:
+                    total = total + self.cfg.init.distill * self.distill(embeddings, labels, targets=targets).loss
+            loss_value = total.item()
             everywhere = D.all_reduce_sum(self.ctx, [loss_value], self.device)[0] if self.ctx.enabled else loss_value
             if not math.isfinite(everywhere):
                 raise FacelabError(
                     f"loss became {loss_value if not math.isfinite(loss_value) else 'nan on another process'} at "
                     f"epoch {epoch + 1} step {micro + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); the last "
                     f"good checkpoint is kept -- lower optim.lr or set optim.grad_clip")
-            loss = out.loss / self.cfg.optim.accumulate if self.cfg.optim.accumulate > 1 else out.loss
+            loss = total / self.cfg.optim.accumulate if self.cfg.optim.accumulate > 1 else total
             self.scaler.scale(loss).backward()
         predictions = getattr(out, "predictions", None)
         if predictions is None and out.logits is not None:

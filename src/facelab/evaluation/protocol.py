@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from facelab.data import SplitManifest
 from facelab.errors import FacelabError
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
 from facelab.inference.model import FaceModel, load_model
+from facelab.losses import FaceLoss
 from facelab.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -41,44 +43,32 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
             "probes": int(probe_mask.sum())}
 
 
-def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir: str | Path | None = None,
-             device: str | None = None, flip: bool | None = None, quiet: bool = False) -> dict[str, Any]:
-    """``facelab eval``: score a run on the held-out images of its own split (see the module docstring); writes
-    metrics.json, roc.png/.json and scores_hist.png into ``out_dir`` (default: the run folder).
+def score_split(model: FaceModel, manifest: SplitManifest, root: Path, far_targets: tuple[float, ...],
+                loss_fn: FaceLoss | None = None, *, flip: bool | None = None, batch_size: int = 64,
+                quiet: bool = False, label: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Closed-set and open-set figures of ``model`` on the held-out images of ``manifest`` (embedded through the
+    model's embedder, cached in its run's ``embedding_cache/``).
 
-    Raises:
-        FacelabError: not a training run, data folder missing, or a held-out image that cannot be used (named).
+    Closed set: the loss's class scores, or (a metric loss, or ``loss_fn=None`` for a model that never saw these
+    identities, e.g. a pretrained one scored zero-shot) the nearest class centre of the training embeddings.
+    Returns (metrics, curves); curves holds the open-set scores for the plots.
     """
-    model = load_model(run, device=device)
-    if model.run is None:
-        raise FacelabError(f"facelab eval scores a training run on its own split; {model.kind} {model.source} has "
-                           f"none (use facelab pairs / identify-eval for other data)")
-    loaded = model.run
-    cfg, manifest, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.loss, loaded.device
-    root = Path(data_root or cfg.data.root)
-    if not root.is_dir():
-        raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
-    out = Path(out_dir) if out_dir else loaded.path
-    embedder = model.embedder(progress=not quiet, cache=True, flip=flip, batch_size=cfg.eval.batch_size)
-    use_flip = embedder.flip
+    embedder = model.embedder(progress=not quiet, cache=True, flip=flip, batch_size=batch_size)
+    prefix = f"{label}: " if label else ""
 
     def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
-        return embedder.embed_all([root / p for p, _ in items], desc)
+        return embedder.embed_all([root / p for p, _ in items], prefix + desc)
 
-    metrics: dict[str, Any] = {
-        "run": str(run),
-        "epochs": loaded.epoch,
-        "backbone": cfg.model.backbone,
-        "loss": cfg.loss.name,
-        "flip_tta": use_flip,
-        "score": "cosine",
-    }
+    metrics: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
     if manifest.closed_test:
         emb = embed(manifest.closed_test, "closed set")
         labels = np.array([y for _, y in manifest.closed_test])
-        with torch.no_grad():
-            logits = loss_fn.logits(torch.from_numpy(emb).to(dev))
-        if logits is None:  # metric loss: nearest class centre of the training embeddings
+        logits = None
+        if loss_fn is not None:
+            with torch.no_grad():
+                logits = loss_fn.logits(torch.from_numpy(emb).to(model.device))
+        if logits is None:  # nearest class centre of the training embeddings
             train_emb = normalize(embed(manifest.train, "class centres"))
             train_y = np.array([y for _, y in manifest.train])
             centres = normalize(np.stack([train_emb[train_y == c].mean(0) for c in range(manifest.num_classes)]))
@@ -91,13 +81,60 @@ def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir:
         emb = normalize(embed(manifest.open_test, "open set"))
         labels = np.array([y for _, y in manifest.open_test])
         scores, same = all_pairs(emb, labels)
-        report = verification_report(scores, same, cfg.eval.far_targets)
+        report = verification_report(scores, same, far_targets)
         metrics["open_set"] = {
             "identities": len(manifest.open_identities),
             "images": len(labels),
             "verification": report,
             "identification": identification_rank1(emb, labels, manifest.seed),
         }
+        curves = {"scores": scores, "same": same, "report": report}
+    metrics["flip_tta"] = embedder.flip
+    return metrics, curves
+
+
+def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir: str | Path | None = None,
+             device: str | None = None, flip: bool | None = None, quiet: bool = False, *,
+             compare_init: bool = False, reference_pairs: str | Path | None = None,
+             reference_data: str | Path | None = None) -> dict[str, Any]:
+    """``facelab eval``: score a run on the held-out images of its own split (see the module docstring); writes
+    metrics.json, roc.png/.json and scores_hist.png into ``out_dir`` (default: the run folder).
+
+    For a fine-tuned run (``init.model``): ``compare_init`` adds the init model's figures on the same split and
+    crops (``init_model``: zero-shot, closed set by nearest class centre), and ``reference_pairs`` (e.g. LFW
+    pairs.txt) a forgetting check (``forgetting``): k-fold accuracy of the init model and of the run on that list.
+
+    Raises:
+        FacelabError: not a training run, data folder missing, a held-out image that cannot be used (named), or
+            --compare-init / --reference-pairs for a run trained from scratch.
+    """
+    model = load_model(run, device=device)
+    if model.run is None:
+        raise FacelabError(f"facelab eval scores a training run on its own split; {model.kind} {model.source} has "
+                           f"none (use facelab pairs / identify-eval for other data)")
+    loaded = model.run
+    cfg, manifest, loss_fn = loaded.cfg, loaded.manifest, loaded.loss
+    root = Path(data_root or cfg.data.root)
+    if not root.is_dir():
+        raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
+    if (compare_init or reference_pairs) and not cfg.init.model:
+        raise FacelabError(f"{run} was trained from scratch: --compare-init and --reference-pairs compare a "
+                           f"fine-tuned run with the model it started from")
+    out = Path(out_dir) if out_dir else loaded.path
+    split, curves = score_split(model, manifest, root, cfg.eval.far_targets, loss_fn, flip=flip,
+                                batch_size=cfg.eval.batch_size, quiet=quiet)
+    metrics: dict[str, Any] = {
+        "run": str(run),
+        "epochs": loaded.epoch,
+        "backbone": cfg.model.backbone,
+        "loss": cfg.loss.name,
+        "flip_tta": split.pop("flip_tta"),
+        "score": "cosine",
+        **({"init": cfg.init.model} if cfg.init.model else {}),
+        **split,
+    }
+    if curves:
+        scores, same, report = curves["scores"], curves["same"], curves["report"]
         roc = roc_curve(scores, same)
         plot_roc(roc, report, out / "roc.png")
         hist = score_histogram(scores, same)
@@ -114,6 +151,18 @@ def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir:
             "histogram": hist,
             "histogram_thresholds": thresholds,
         })
+    if compare_init or reference_pairs:
+        from facelab.evaluation.finetune import forgetting_check, init_model_like
+
+        init = init_model_like(model)
+        if compare_init:
+            zero_shot, _ = score_split(init, manifest, root, cfg.eval.far_targets, None, flip=flip,
+                                       batch_size=cfg.eval.batch_size, quiet=quiet, label="init model")
+            zero_shot.pop("flip_tta")
+            metrics["init_model"] = {"model": cfg.init.model, **zero_shot}
+        if reference_pairs:
+            metrics["forgetting"] = forgetting_check(model, init, reference_pairs, reference_data, flip=flip,
+                                                     quiet=quiet)
     write_json(out / "metrics.json", metrics)
     if cfg.train.tensorboard:
         log_to_tensorboard(loaded.path / "tensorboard", metrics, loaded.epoch)
@@ -143,17 +192,18 @@ def log_to_tensorboard(logdir: Path, metrics: dict[str, Any], epoch: int) -> Non
         writer.close()
 
 
-def format_table(metrics: dict[str, Any]) -> str:
+def _split_rows(metrics: dict[str, Any], label: str = "") -> list[tuple[str, str, str]]:
     rows = []
+    tag = f" ({label})" if label else ""
     if "closed_set" in metrics:
         c = metrics["closed_set"]
-        rows.append(("closed set", f"{c['classes']} identities, {c['images']} held-out images", ""))
+        rows.append((f"closed set{tag}", f"{c['classes']} identities, {c['images']} held-out images", ""))
         rows.append(("", "top-1 accuracy", f"{c['top1']:.4f}"))
         rows.append(("", "top-5 accuracy", f"{c['top5']:.4f}"))
     if "open_set" in metrics:
         o = metrics["open_set"]
         v = o["verification"]
-        rows.append(("open set", f"{o['identities']} unseen identities, {o['images']} images", ""))
+        rows.append((f"open set{tag}", f"{o['identities']} unseen identities, {o['images']} images", ""))
         rows.append(("", "pairs (genuine / impostor)", f"{v['pairs']['genuine']} / {v['pairs']['impostor']}"))
         rows.append(("", "verification ROC AUC", f"{v['roc_auc']:.4f}"))
         rows.append(("", "EER", f"{v['eer']:.4f} (threshold {v['eer_threshold']:.3f})"))
@@ -164,6 +214,19 @@ def format_table(metrics: dict[str, Any]) -> str:
         ident = o["identification"]
         rows.append(("", f"rank-1 identification ({ident['gallery']} gallery, {ident['probes']} probes)",
                      f"{ident['rank1']:.4f}"))
+    return rows
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    rows = _split_rows(metrics)
+    if "init_model" in metrics:
+        rows += _split_rows(metrics["init_model"], f"init model {metrics['init_model']['model']}, zero-shot")
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        rows.append(("forgetting", f"{f['name']}: {f['pairs']} pairs, {f['folds']}-fold accuracy", ""))
+        rows.append(("", f"init model {f['init']}", f"{f['before']['accuracy']:.4f} ± {f['before']['std']:.4f}"))
+        rows.append(("", "this run", f"{f['after']['accuracy']:.4f} ± {f['after']['std']:.4f}"))
+        rows.append(("", "change (points)", f"{f['change_points']:+.2f}"))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)

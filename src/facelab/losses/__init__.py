@@ -1,11 +1,13 @@
 """Losses: one call ``loss(embeddings, labels)`` for every loss, built by name from the registry.
 
 Registered names: softmax, normface (classification.py); sphereface, cosface, arcface, combined (margins.py);
-triplet, contrastive, center (metric.py); joint (joint.py); partial_fc (partial_fc.py, sharded for torchrun).
+triplet, contrastive, center (metric.py); joint (joint.py); partial_fc (partial_fc.py, sharded for torchrun);
+distill (distill.py: 1 - cosine to a frozen reference model's embeddings, for fine-tuning).
 """
 
 from facelab.losses.base import LOSSES, FaceLoss, LossOutput, build_loss
 from facelab.losses.classification import CosineClassifier, SoftmaxCE
+from facelab.losses.distill import DistillLoss
 from facelab.losses.joint import JointLoss
 from facelab.losses.margins import ArcFace, CombinedMargin, CosFace, SphereFace, angular_psi
 from facelab.losses.metric import (
@@ -30,6 +32,7 @@ __all__ = [
     "ContrastiveLoss",
     "CosFace",
     "CosineClassifier",
+    "DistillLoss",
     "FaceLoss",
     "JointLoss",
     "LossOutput",

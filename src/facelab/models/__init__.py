@@ -10,9 +10,12 @@ from facelab.models import (  # noqa: F401  (register backbones)
     mobilefacenet,
     mobilenet_v1,
     mobilenet_v2,
+    onnx_graph,
     resnet,
+    sface,
     vgg,
 )
+from facelab.models.architecture import build_with_weights
 from facelab.models.base import (
     ARCHITECTURES,
     BACKBONES,
@@ -22,4 +25,5 @@ from facelab.models.base import (
     count_parameters,
 )
 
-__all__ = ["ARCHITECTURES", "BACKBONES", "Backbone", "build_backbone", "build_from_architecture", "count_parameters"]
+__all__ = ["ARCHITECTURES", "BACKBONES", "Backbone", "build_backbone", "build_from_architecture", "build_with_weights",
+           "count_parameters"]
