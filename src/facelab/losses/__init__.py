@@ -4,8 +4,8 @@ Registered names: softmax, normface (classification.py); sphereface, cosface, ar
 triplet, contrastive, center (metric.py); joint (joint.py); partial_fc (partial_fc.py, sharded for torchrun).
 """
 
-from facelab.losses.base import LOSSES, FaceLoss, LossOutput, build_loss
-from facelab.losses.classification import CosineClassifier, SoftmaxCE
+from facelab.losses.base import LOSSES, BatchNeeds, FaceLoss, LossOutput, build_loss
+from facelab.losses.classification import CosineClassifier, SoftmaxCE, auto_scale
 from facelab.losses.joint import JointLoss
 from facelab.losses.margins import ArcFace, CombinedMargin, CosFace, SphereFace, angular_psi
 from facelab.losses.metric import (
@@ -25,6 +25,7 @@ __all__ = [
     "LOSSES",
     "MINERS",
     "ArcFace",
+    "BatchNeeds",
     "CenterLoss",
     "CombinedMargin",
     "ContrastiveLoss",
@@ -38,6 +39,7 @@ __all__ = [
     "SphereFace",
     "TripletLoss",
     "angular_psi",
+    "auto_scale",
     "build_loss",
     "mine_batch_all",
     "mine_batch_hard",
