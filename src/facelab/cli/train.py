@@ -27,8 +27,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set loss.options.margin=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, "
-                   "with the config stored in it")
+                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, with the "
+                   "config stored in it; only --lr/--epochs/--device and --set optim.lr, optim.epochs, "
+                   "optim.grad_clip, train.checkpoint_every_steps, train.log_every_steps, device, threads may "
+                   "change it (e.g. a lower optim.lr after a NaN loss)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -79,13 +81,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None]
-    if args.resume:
+    if args.resume:  # the checkpoint's config, changed only by the keys the trainer allows (RESUME_KEYS)
         if args.config is None and args.out is None:
             raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
-            raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-    cfg = load_config(args.config, [*overrides, *args.overrides])
-    result = train(cfg, resume=args.resume, quiet=args.quiet)
+        out = [o for o in overrides if o.startswith("out_dir=")]
+        cfg = load_config(args.config, out)
+        changes = [o for o in overrides if not o.startswith("out_dir=")] + list(args.overrides)
+        result = train(cfg, resume=True, quiet=args.quiet, resume_overrides=changes)
+    else:
+        cfg = load_config(args.config, [*overrides, *args.overrides])
+        result = train(cfg, quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
         print(f"next: facelab eval {Path(result.out_dir)}")
