@@ -27,26 +27,30 @@ import httpx
 import numpy as np
 import torch
 
-from facelab.config import DataConfig, ModelConfig
+from facelab.config import ModelConfig, to_dict
+from facelab.inference.model import FaceModel, load_model
+from facelab.inference.spec import InputSpec
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
 from facelab.models import build_backbone
-from facelab.serving.bundle import Bundle
 from facelab.serving.gallery import Gallery
 
 FACE = Path(__file__).resolve().parents[1] / "src" / "facelab" / "assets" / "att_faces" / "s1" / "1.pgm"
 TOKEN = "bench-token"
 
 
-def demo_size_bundle(threshold: float = 0.5) -> Bundle:
+def demo_size_model(threshold: float = 0.5) -> FaceModel:
     """Random weights in the demo's architecture (ResNet-18 width 32, 64 px, 128-d): realistic compute, no training."""
     torch.manual_seed(0)
-    model_cfg, data_cfg = ModelConfig(backbone="resnet18", width=32, embedding_dim=128), DataConfig(input_size=64)
-    return Bundle.from_model(build_backbone(model_cfg, data_cfg.input_size), model_cfg, data_cfg, threshold)
+    model_cfg = ModelConfig(backbone="resnet18", width=32, embedding_dim=128)
+    th = Thresholds(Threshold(VERIFICATION, threshold, "benchmark"), Threshold(IDENTIFICATION, threshold, "benchmark"))
+    return FaceModel.from_module(build_backbone(model_cfg, 64), to_dict(model_cfg), InputSpec(input_size=64),
+                                 thresholds=th, device="cpu")
 
 
-def synthetic_gallery(path: Path, bundle: Bundle, identities: int) -> None:
-    x = np.random.default_rng(0).standard_normal((identities, bundle.meta.embedding_dim)).astype(np.float32)
+def synthetic_gallery(path: Path, model: FaceModel, identities: int) -> None:
+    x = np.random.default_rng(0).standard_normal((identities, model.embedding_dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    with Gallery(path, bundle.fingerprint, bundle.meta.embedding_dim) as gallery:
+    with Gallery(path, model.fingerprint, model.embedding_dim) as gallery:
         for i, v in enumerate(x):
             gallery.enroll(f"person{i:06d}", [(f"synthetic/{i}", v)])
 
@@ -105,8 +109,9 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="facelab-bench-http-") as tmp:
-        bundle_path = Path(args.bundle) if args.bundle else demo_size_bundle().save(Path(tmp) / "bench.safetensors")
-        bundle = Bundle.load(bundle_path)
+        bundle_path = Path(args.bundle) if args.bundle else demo_size_model().save_bundle(Path(tmp) /
+                                                                                          "bench.safetensors")
+        bundle = load_model(bundle_path, device="cpu")
         synthetic_gallery(Path(tmp) / "g.db", bundle, args.identities)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -126,8 +131,8 @@ def main() -> None:
                     raise SystemExit("server did not start")
                 time.sleep(0.2)
             results = []
-            print(f"gallery {args.identities:,} identities x {bundle.meta.embedding_dim}-d, model input "
-                  f"{bundle.meta.input_size}px, {args.concurrency} concurrent, load average {os.getloadavg()[0]:.1f}")
+            print(f"gallery {args.identities:,} identities x {bundle.embedding_dim}-d, model input "
+                  f"{bundle.spec.input_size}px, {args.concurrency} concurrent, load average {os.getloadavg()[0]:.1f}")
             for endpoint in args.endpoints:
                 r = load(base, endpoint, args.requests, args.concurrency, time.monotonic() + args.max_seconds)
                 results.append(r)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.pairs import PairList, format_pairs_table, read_pairs, score_pairs
 from facelab.evaluation.report import write_verification_report
+from facelab.inference.model import load_model
 
 
 def main() -> None:
@@ -34,9 +34,9 @@ def main() -> None:
         rows = np.isin(pairs.folds, list(half))
         used = np.unique(np.r_[pairs.first[rows], pairs.second[rows]])
         local = {int(g): i for i, g in enumerate(used)}
-        embedder = Embedder.from_run(run)
-        embs.append(embedder.embed([pairs.images[i] for i in used], desc=f"{run.name}: folds {half[0] + 1}-"
-                                   f"{half[-1] + 1}"))
+        embedder = load_model(run).embedder(progress=True, cache=True)
+        embs.append(embedder.embed_all([pairs.images[i] for i in used], desc=f"{run.name}: folds {half[0] + 1}-"
+                                       f"{half[-1] + 1}"))
         calls += embedder.calls
         first[rows] = [offset + local[int(i)] for i in pairs.first[rows]]
         second[rows] = [offset + local[int(i)] for i in pairs.second[rows]]

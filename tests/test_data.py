@@ -35,8 +35,9 @@ def test_stray_broken_and_mixed_files(small_faces: Path) -> None:
     assert [p for p, _ in folder.report.bad_images] == ["s1/broken.jpg"]
     assert sorted(folder.report.ignored_files) == ["pairs.txt", "s1/notes.txt"]
     assert len(folder.identities["s2"]) == 14
-    summary = folder.report.summary()
-    assert "skipped 1 unusable image(s): s1/broken.jpg" in summary and "ignored 2 non-image" in summary
+    summary = folder.report.summary(folder.num_images)
+    assert summary.startswith(f"{folder.num_images} image(s) used; 2 file(s) ignored, not images (pairs.txt, "
+                              "s1/notes.txt); 1 image(s) unusable (s1/broken.jpg is not a readable image")
     for name in ("rgba.png", "cmyk.jpg", "grey.bmp", "palette.png"):
         img = load_rgb(ident / name)
         assert img.mode == "RGB"
@@ -54,7 +55,7 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
         scan_folder(tmp_path / "empty")
     (tmp_path / "empty" / "alice").mkdir()
     (tmp_path / "empty" / "alice" / "a.txt").write_text("x")
-    with pytest.raises(FacelabError, match=r"no identity folders with images.*ignored 1 non-image"):
+    with pytest.raises(FacelabError, match=r"no identity folders with images.*1 file\(s\) ignored, not images \(alice/a\.txt\)"):
         scan_folder(tmp_path / "empty")
 
 

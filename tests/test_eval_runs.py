@@ -17,9 +17,9 @@ from facelab.cli import main
 from facelab.config import load_config, to_dict
 from facelab.data import make_split, scan_folder
 from facelab.evaluation import hw2p2
-from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.pairs import evaluate_pairs, write_pairs_csv
-from facelab.runs import build_model_and_loss, load_run, save_checkpoint
+from facelab.inference.model import load_model
+from facelab.runs import build_model_and_loss, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +49,17 @@ def _copy(orl_root: Path, dst: Path, ident: str, nums: list[int], name: str | No
 
 def test_embedding_cache_hits_and_invalidates(tiny_run: Path, orl_root: Path, tmp_path: Path) -> None:
     images = _copy(orl_root, tmp_path, "s1", [1, 2, 3]) + _copy(orl_root, tmp_path, "s2", [1, 2, 3])
-    first = Embedder.from_run(tiny_run, progress=False)
-    emb = first.embed(images + images[:2])
+    first = load_model(tiny_run).embedder(cache=True)
+    emb = first.embed_all(images + images[:2])
     assert first.calls == 6 and emb.shape == (8, 16)  # duplicates embedded once
-    again = Embedder.from_run(tiny_run, progress=False)  # a fresh process would read the same file
-    np.testing.assert_allclose(again.embed(images), emb[:6], rtol=1e-6)
+    again = load_model(tiny_run).embedder(cache=True)  # a fresh process would read the same file
+    np.testing.assert_allclose(again.embed_all(images), emb[:6], rtol=1e-6)
     assert again.calls == 0
     shutil.copy(orl_root / "s3" / "1.pgm", images[0])  # same path, new content and mtime
-    third = Embedder.from_run(tiny_run, progress=False)
-    third.embed(images)
+    third = load_model(tiny_run).embedder(cache=True)
+    third.embed_all(images)
     assert third.calls == 1
-    assert not np.allclose(third.embed(images[:1]), emb[:1])
+    assert not np.allclose(third.embed_all(images[:1]), emb[:1])
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_cached_rescoring_never_calls_the_model(tiny_run: Path, orl_root: Path, 
     write_pairs_csv(tmp_path / "p.csv", rows)
     doc = evaluate_pairs(tiny_run, tmp_path / "p.csv", orl_root, scorers=("cosine",), folds=5,
                          out_dir=tmp_path / "r1", quiet=True)
-    lr = load_run(tiny_run)
+    lr = load_model(tiny_run)
 
     def refuse(*args: object) -> None:
         raise AssertionError("the model ran although every embedding was cached")
@@ -131,14 +131,15 @@ def test_hw2p2_verify_names_a_missing_identity(tiny_run: Path, hw2p2_layout: Pat
 
 
 def test_hw2p2_classify_writes_id_label(tiny_run: Path, orl_root: Path, tmp_path: Path) -> None:
-    lr = load_run(tiny_run)
+    fm = load_model(tiny_run)
+    lr = fm.run
     images = _copy(orl_root, tmp_path / "test", lr.manifest.classes[0], [1, 2]) + \
         _copy(orl_root, tmp_path / "test", lr.manifest.classes[1], [1])
-    hw2p2.classify_folder(lr, tmp_path / "test", tmp_path / "names.csv", quiet=True)
+    hw2p2.classify_folder(fm, tmp_path / "test", tmp_path / "names.csv", quiet=True)
     rows = _read(tmp_path / "names.csv")
     assert [r["id"] for r in rows] == sorted(p.name for p in images)
     assert all(r["label"] in lr.manifest.classes for r in rows)
-    hw2p2.classify_folder(lr, tmp_path / "test", tmp_path / "idx.csv", index_labels=True, quiet=True)
+    hw2p2.classify_folder(fm, tmp_path / "test", tmp_path / "idx.csv", index_labels=True, quiet=True)
     idx = _read(tmp_path / "idx.csv")
     assert [lr.manifest.classes[int(r["label"])] for r in idx] == [r["label"] for r in rows]
 

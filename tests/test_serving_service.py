@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_serving_support import face_files, one_thread, png_bytes, tiny_bundle  # noqa: F401  (one_thread: autouse)
+from test_serving_support import face_files, one_thread, png_bytes, tiny_model  # noqa: F401  (one_thread: autouse)
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 pytest.importorskip("python_multipart", reason="the serve extra is not installed")
@@ -14,7 +14,7 @@ pytest.importorskip("python_multipart", reason="the serve extra is not installed
 from fastapi.testclient import TestClient
 
 from facelab.errors import FacelabError
-from facelab.serving.gallery import Gallery
+from facelab.serving.recognition import FaceGallery
 from facelab.serving.service import create_app
 
 TOKEN = "correct horse battery staple"
@@ -23,14 +23,14 @@ LIMIT = 100_000
 
 
 @pytest.fixture(scope="module")
-def bundle():  # type: ignore[no-untyped-def]
-    return tiny_bundle(threshold=0.9999)  # random weights: only (near-)identical images count as a match
+def model():  # type: ignore[no-untyped-def]
+    return tiny_model(threshold=0.9999)  # random weights: only (near-)identical images count as a match
 
 
 @pytest.fixture()
-def client(bundle, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    gallery = Gallery(tmp_path / "g.db", bundle.fingerprint, bundle.meta.embedding_dim)
-    with TestClient(create_app(bundle, gallery, TOKEN, max_upload_bytes=LIMIT)) as c:
+def client(model, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    gallery = FaceGallery(tmp_path / "g.db", model)
+    with TestClient(create_app(gallery, TOKEN, max_upload_bytes=LIMIT)) as c:
         yield c
 
 
@@ -49,13 +49,22 @@ def test_enroll_identify_list_delete_round_trip(client: TestClient, orl_root: Pa
     assert enroll(client, "alice", alice[2:]).json()["images"] == 3
     assert client.get("/identities").json()[0]["name"] == "alice"
     r = client.post("/identify", files=[upload(alice[1], "image")], data={"k": "3"})
-    body = r.json()
+    (body,) = r.json()["faces"]
     assert r.status_code == 200 and body["identity"] == "alice" and body["known"]
-    assert body["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    r = client.post("/identify", files=[("image", ("noise.png", png_bytes(), "image/png"))]).json()
+    assert body["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4) and body["threshold"] == 0.9999
+    assert body["box"] == [0.0, 0.0, 92.0, 112.0] and body["method"] == "resized"
+    (r,) = client.post("/identify", files=[("image", ("noise.png", png_bytes(), "image/png"))]).json()["faces"]
     assert r["identity"] == "unknown" and not r["known"] and r["matches"] == [] and r["nearest"]["name"] == "alice"
     health = client.get("/health").json()
     assert (health["identities"], health["images"], health["writes_enabled"]) == (1, 3, True)
+    assert health["thresholds"]["identification"] == {"value": 0.9999, "source": "test value", "target": None,
+                                                      "rate": "FPIR"}
+    same = client.post("/verify", files=[upload(alice[0], "image_a")], data={"identity": "alice"}).json()
+    assert same["same_person"] and same["identity"] == "alice" and same["score"] == pytest.approx(1.0, abs=1e-4)
+    r = client.post("/verify", files=[("image_a", ("n.png", png_bytes(), "image/png"))], data={"identity": "alice"})
+    assert r.status_code == 200 and not r.json()["same_person"]
+    r = client.post("/verify", files=[upload(alice[0], "image_a")], data={"identity": "nobody"})
+    assert r.status_code == 404
     assert client.delete("/identities/alice", headers=AUTH).json() == {"name": "alice", "removed_images": 3}
     assert client.get("/identities").json() == []
     assert client.delete("/identities/alice", headers=AUTH).status_code == 404
@@ -67,7 +76,8 @@ def test_verify(client: TestClient, orl_root: Path) -> None:
     assert same["same_person"] and same["score"] == pytest.approx(1.0, abs=1e-4) and same["threshold"] == 0.9999
     other = client.post("/verify", files=[upload(a, "image_a"), ("image_b", ("n.png", png_bytes(), "image/png"))])
     assert other.status_code == 200 and not other.json()["same_person"]
-    assert client.post("/verify", files=[upload(a, "image_a")]).status_code == 422  # image_b missing
+    r = client.post("/verify", files=[upload(a, "image_a")])
+    assert r.status_code == 422 and "image_b or identity" in r.json()["detail"]
 
 
 def test_writes_need_the_token(client: TestClient, orl_root: Path) -> None:
@@ -80,9 +90,9 @@ def test_writes_need_the_token(client: TestClient, orl_root: Path) -> None:
     assert client.get("/identities").json() == []
 
 
-def test_read_only_service_refuses_every_write(bundle, tmp_path: Path, orl_root: Path) -> None:  # type: ignore[no-untyped-def]
-    gallery = Gallery(tmp_path / "ro.db", bundle.fingerprint, bundle.meta.embedding_dim)
-    with TestClient(create_app(bundle, gallery, token=None)) as c:
+def test_read_only_service_refuses_every_write(model, tmp_path: Path, orl_root: Path) -> None:  # type: ignore[no-untyped-def]
+    gallery = FaceGallery(tmp_path / "ro.db", model)
+    with TestClient(create_app(gallery, token=None)) as c:
         r = enroll(c, "eve", face_files(orl_root, "s3", 1), headers={"Authorization": "Bearer anything"})
         assert r.status_code == 403 and "disabled" in r.json()["detail"]
         assert c.get("/health").json()["writes_enabled"] is False
@@ -125,8 +135,15 @@ def test_openapi_schema_and_web_page(client: TestClient) -> None:
     assert client.get("/health").headers["x-content-type-options"] == "nosniff"
 
 
-def test_refuses_a_gallery_of_another_model(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    other = tiny_bundle(seed=1)
-    gallery = Gallery(tmp_path / "g.db", other.fingerprint, other.meta.embedding_dim)
-    with pytest.raises(FacelabError, match="another model"):
-        create_app(bundle, gallery, TOKEN)
+def test_refuses_a_gallery_of_another_model(model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    FaceGallery(tmp_path / "g.db", tiny_model(seed=1)).close()
+    with pytest.raises(FacelabError, match="was built with model"):
+        FaceGallery(tmp_path / "g.db", model)
+
+
+def test_a_missing_threshold_is_a_clear_422(tmp_path: Path, orl_root: Path) -> None:
+    gallery = FaceGallery(tmp_path / "g.db", tiny_model(threshold=None))
+    with TestClient(create_app(gallery, TOKEN)) as c:
+        r = c.post("/identify", files=[upload(face_files(orl_root, "s1", 1)[0], "image")])
+        assert r.status_code == 422 and "no identification threshold" in r.json()["detail"]
+        assert c.get("/health").json()["thresholds"] == {"verification": None, "identification": None}

@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from facelab.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from facelab.inference.model import FaceModel
+from facelab.inference.spec import InputSpec
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
 from facelab.models import build_backbone
 from facelab.runs import save_checkpoint
-from facelab.serving.bundle import Bundle
 
 TINY_MODEL = ModelConfig(backbone="resnet18", width=8, embedding_dim=32)
 TINY_DATA = DataConfig(input_size=64)
@@ -30,18 +32,37 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def tiny_bundle(seed: int = 0, threshold: float = 0.5, flip: bool = True) -> Bundle:
-    """A random-weight width-8 ResNet bundle: fast to build, deterministic for a seed."""
+def thresholds(verification: float | None = 0.5, identification: float | None = None) -> Thresholds:
+    """Given-by-hand thresholds for tests (no calibration curve)."""
+    v = None if verification is None else Threshold(VERIFICATION, verification, "test value")
+    i = None if identification is None else Threshold(IDENTIFICATION, identification, "test value")
+    return Thresholds(v, i)
+
+
+def tiny_model(seed: int = 0, threshold: float | None = 0.5, flip: bool = True,
+               identification: float | None = None) -> FaceModel:
+    """A random-weight width-8 ResNet model on the CPU: fast to build, deterministic for a seed. ``threshold`` is
+    the 1:1 one; ``identification`` the 1:N one (defaults to ``threshold``)."""
     torch.manual_seed(seed)
-    model = build_backbone(TINY_MODEL, TINY_DATA.input_size)
-    return Bundle.from_model(model, TINY_MODEL, TINY_DATA, threshold, flip_tta=flip, source=f"random seed {seed}")
+    backbone = build_backbone(TINY_MODEL, TINY_DATA.input_size)
+    spec = InputSpec(input_size=TINY_DATA.input_size, mean=TINY_DATA.mean, std=TINY_DATA.std, flip_tta=flip)
+    ident = threshold if identification is None else identification
+    return FaceModel.from_module(backbone, to_dict(TINY_MODEL), spec, thresholds=thresholds(threshold, ident),
+                                 source=f"random seed {seed}", kind="module", device="cpu")
 
 
 def fake_run(run: Path) -> Path:
-    """A checkpoint.pt as `facelab train` writes it, around random tiny weights (no training needed)."""
-    cfg = from_dict(TrainConfig, {"model": to_dict(TINY_MODEL), "data": {"input_size": 64}})
-    state = {"epoch": 1, "config": to_dict(cfg), "manifest": {}, "model": tiny_bundle().model.state_dict(),
-             "loss": {}, "optimizer": {}, "scheduler": {}, "history": []}
+    """A checkpoint.pt as `facelab train` writes it, around random tiny weights (no training needed): two classes,
+    an empty split."""
+    from facelab.data.splits import SplitManifest
+    from facelab.runs import build_model_and_loss
+
+    cfg = from_dict(TrainConfig, {"model": to_dict(TINY_MODEL), "data": {"input_size": 64}, "device": "cpu"})
+    manifest = SplitManifest(["a", "b"], [], [], [], [])
+    _, loss = build_model_and_loss(cfg, manifest.num_classes)
+    state = {"epoch": 1, "config": to_dict(cfg), "manifest": manifest.to_dict(),
+             "model": tiny_model().backbone.state_dict(), "loss": loss.state_dict(), "optimizer": {},
+             "scheduler": {}, "history": []}
     save_checkpoint(run / "checkpoint.pt", state)
     return run
 
@@ -63,8 +84,8 @@ def face_files(orl_root: Path, identity: str, n: int = 3) -> list[Path]:
     return [orl_root / identity / f"{i}.pgm" for i in range(1, n + 1)]
 
 
-def test_tiny_bundle_is_deterministic_and_unit_length(orl_root: Path) -> None:
-    a, b = tiny_bundle(0), tiny_bundle(0)
+def test_tiny_model_is_deterministic_and_unit_length(orl_root: Path) -> None:
+    a, b = tiny_model(0), tiny_model(0)
     assert a.fingerprint == b.fingerprint
-    emb = a.embed_files(face_files(orl_root, "s1", 2))[0]
+    emb = a.embed(face_files(orl_root, "s1", 2))
     assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serving_support import face_files, one_thread, tiny_bundle  # noqa: F401  (one_thread: autouse)
+from test_serving_support import face_files, one_thread, tiny_model  # noqa: F401  (one_thread: autouse)
 
 pytestmark = pytest.mark.slow
 
@@ -78,14 +78,13 @@ class DevTools:
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
     uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed")
-    from facelab.serving.gallery import Gallery
+    from facelab.serving.recognition import FaceGallery
     from facelab.serving.service import create_app
 
-    bundle = tiny_bundle(threshold=0.9999)
-    gallery = Gallery(tmp_path / "g.db", bundle.fingerprint, bundle.meta.embedding_dim)
+    gallery = FaceGallery(tmp_path / "g.db", tiny_model(threshold=0.9999))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(bundle, gallery, TOKEN), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(gallery, TOKEN), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
@@ -164,7 +163,7 @@ def test_facelab_serve_starts_on_loopback_and_protects_writes(tmp_path: Path) ->
     import sys
 
     httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
-    bundle = tiny_bundle().save(tmp_path / "m.safetensors")
+    bundle = tiny_model().save_bundle(tmp_path / "m.safetensors")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

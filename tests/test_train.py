@@ -219,7 +219,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and out.stderr.strip().startswith("facelab: error: data folder not found")
     assert len(out.stderr.strip().splitlines()) == 1
     out = subprocess.run(_cli("eval", str(tmp_path / "o")), capture_output=True, text=True)
-    assert out.returncode == 2 and "checkpoint not found" in out.stderr
+    assert out.returncode == 2 and "no such file or folder" in out.stderr
     out = subprocess.run(_cli("train", "--data", ".", "--backbone", "resnet19", "--out", str(tmp_path / "p")),
                          capture_output=True, text=True)
     assert out.returncode == 2 and "unknown backbone 'resnet19' (did you mean 'resnet18'?)" in out.stderr

@@ -58,6 +58,11 @@ class DataConfig:
     #: per-channel normalisation applied after scaling pixels to [0, 1]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    #: how a photo becomes a face crop: "none" (images are face crops, resized) or a detector name ("yunet"):
+    #: detect + 5-point alignment, done once and cached; recorded with the model so inference does the same
+    align: str = "none"
+    #: options for the detector/crop policy (see facelab.faces)
+    align_options: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
 
 

@@ -238,26 +238,49 @@ def read_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
     return open_image(src, name, cap=cap)[0]
 
 
-def sniff_format(path: str | Path) -> str | None:
-    """The accepted format of the file at ``path`` judged by its content (header only, nothing decoded), or None
-    when it is not an accepted image. Used to choose the files of a folder, so a JPEG named ``.HEIC`` is used and a
-    text file named ``.jpg`` is not."""
+def peek(path: str | Path, name: str | None = None, *, cap: int | None = None) -> tuple[str | None, ImageError | None]:
+    """Read only the header of the file at ``path``: (accepted format, None) when it would pass the gate's header
+    checks, else (None, the error decoding would raise): :class:`UnsupportedImage` for what is not an accepted
+    image at all, :class:`UnreadableImage` for a damaged one, :class:`ImageTooLarge` for a bomb. Nothing is
+    decoded, so choosing a folder's files costs one header read each."""
+    label = name or str(path)
+    limit = max_pixels() if cap is None else cap
     try:
         with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(fh, formats=ALLOWED_FORMATS) as im:
-                return str(im.format)
-    except (OSError, ValueError, SyntaxError, EOFError, UnidentifiedImageError, Image.DecompressionBombError):
-        return None
+                w, h = im.size
+                if w * h > limit:
+                    return None, ImageTooLarge(f"{label} is {w}x{h} pixels; the limit is {limit:,} ({MAX_PIXELS_ENV})")
+                return str(im.format), None
+    except UnidentifiedImageError:
+        return None, UnsupportedImage(f"{label} is not a supported image ({FORMAT_NAMES})")
+    except Image.DecompressionBombError:
+        return None, ImageTooLarge(f"{label} declares more pixels than the limit of {limit:,}")
+    except FileNotFoundError:
+        return None, ImageNotFound(f"image not found: {label}")
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        return None, UnreadableImage(f"{label} is not a readable image: {_first_line(exc)}")
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The accepted format of the file at ``path`` judged by its content (header only, nothing decoded), or None
+    when it is not a usable image. A JPEG named ``.HEIC`` is a JPEG; a text file named ``.jpg`` is None."""
+    return peek(path)[0]
+
+
+def _check(src: ImageInput, name: str | None = None) -> ImageError | None:
+    try:
+        open_image(src, name)
+    except ImageError as exc:
+        return exc
+    return None
 
 
 def check_image(src: ImageInput, name: str | None = None) -> str | None:
     """None if ``src`` decodes through the gate, else the one-line reason naming it (for scans that skip and count)."""
-    try:
-        open_image(src, name)
-    except ImageError as exc:
-        return str(exc)
-    return None
+    error = _check(src, name)
+    return None if error is None else str(error)
 
 
 def read_images(sources: Sequence[ImageInput]) -> list[Image.Image]:
@@ -346,15 +369,13 @@ def list_images(folder: str | Path, *, recursive: bool = True, verify: bool = Tr
             if not os.path.isfile(full):
                 tally.ignored.append(path)  # sockets, broken links
                 continue
-            if sniff_format(full) is None:
-                if Path(fname).suffix.lower() in IMAGE_SUFFIXES:
-                    tally.failed.append((path, f"{path} is not a supported image ({FORMAT_NAMES})"))
-                else:
-                    tally.ignored.append(path)
-                continue
-            reason = check_image(full, path) if verify else None
-            if reason is None:
+            fmt, error = peek(full, path)
+            if fmt is not None and verify:
+                error = _check(full, path)
+            if error is None:
                 tally.images.append(path)
+            elif isinstance(error, UnsupportedImage) and Path(fname).suffix.lower() not in IMAGE_SUFFIXES:
+                tally.ignored.append(path)  # notes, CSVs, pairs.txt: not images and not named like one
             else:
-                tally.failed.append((path, reason))
+                tally.failed.append((path, str(error)))
     return tally

@@ -7,9 +7,10 @@ import argparse
 import logging
 import sys
 
-from facelab.cli import evaluation, serving, train
+from facelab.cli import evaluation, serving, train, workflow
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
+from facelab.version import __version__
 
 DESCRIPTION = (
     "facelab: train and evaluate face recognition models on folders of faces laid out as ROOT/<identity>/<image>. "
@@ -17,12 +18,12 @@ DESCRIPTION = (
     "(1:N) identities never seen in training."
 )
 #: command groups in --help order; each has ``add_parsers(subparsers)`` and ``COMMANDS``
-GROUPS = (train, evaluation, serving)
+GROUPS = (train, workflow, evaluation, serving)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('facelab').__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="run facelab COMMAND --help")
     for group in GROUPS:
         group.add_parsers(sub)

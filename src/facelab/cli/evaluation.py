@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facelab.cli.common import Handler, add_run_argument
+from facelab.cli.common import Handler, add_model_argument, add_run_argument, open_model
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def _add_pairs(sub: argparse._SubParsersAction) -> None:
                        description="Embed every image of a pair list (cached), then per score type: k-fold accuracy "
                        "(threshold chosen on the other folds, mean and std), ROC AUC, EER, TAR at FAR 1e-1..1e-6 with "
                        "thresholds. Writes pairs.json, pairs.md, ROC/DET/histogram PNGs.")
-    add_run_argument(p)
+    add_model_argument(p)
     p.add_argument("--pairs", required=True, metavar="FILE",
                    help="pairs.txt (LFW), .csv (img1,img2,label[,fold]) or insightface .bin")
     p.add_argument("--data", metavar="ROOT", help="folder the pair list's image paths are relative to "
@@ -53,7 +53,7 @@ def _add_identify_eval(sub: argparse._SubParsersAction) -> None:
                        description="Search every probe image against a gallery of identity folders. Probes whose "
                        "identity has no gallery folder are non-mated searches: FPIR is measured on their top score "
                        "(ISO/IEC 19795-1). Writes identify.json, identify.md, CMC and DET PNGs.")
-    add_run_argument(p)
+    add_model_argument(p)
     p.add_argument("--gallery", required=True, metavar="DIR", help="enrolled images: DIR/<identity>/<image>")
     p.add_argument("--probes", required=True, metavar="DIR", help="search images: DIR/<identity>/<image>")
     p.add_argument("--score", default="cosine", help="score type: cosine or squared_l2 (default cosine)")
@@ -69,7 +69,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                        description="Calibrate the 1:1 threshold (target FAR, best accuracy or EER) on dev pairs and "
                        "the open-set 1:N threshold (target FPIR or best open-set accuracy) on dev searches. Without "
                        "--pairs / --gallery, the run's own unseen identities are the dev split.")
-    add_run_argument(p)
+    add_model_argument(p)
     p.add_argument("--pairs", metavar="FILE", help="dev pair list for the 1:1 threshold (any `facelab pairs` format)")
     p.add_argument("--data", metavar="ROOT", help="image root of --pairs, or the run's data if it moved")
     p.add_argument("--gallery", metavar="DIR", help="dev gallery DIR/<identity>/<image> for the 1:N threshold")
@@ -80,6 +80,12 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="1:N objective: fpir or open_set_accuracy (default fpir)")
     p.add_argument("--open-target", type=float, default=1e-2, help="target FPIR (default 1e-2)")
     p.add_argument("--score", default="cosine", help="score type: cosine or squared_l2 (default cosine)")
+    p.add_argument("--open-dev", default="gallery", choices=("gallery", "unseen"),
+                   help="without --gallery/--probes, the run's own open-set dev searches: 'gallery' enrolls the "
+                   "training identities and searches with their held-out images and the unseen identities (the "
+                   "deployment facelab fit builds; default), 'unseen' enrolls every other unseen identity")
+    p.add_argument("--out", metavar="FILE", help="for a model that is not a run: the calibrated bundle to write "
+                   "(.safetensors); a run's thresholds go to RUN/thresholds.json")
     _add_embed_options(p)
 
 
@@ -99,7 +105,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
                    help="write class indices (sorted-folder order) instead of identity names")
     v = modes.add_parser("verify", help="open-set known/unknown verification with n000000 for unknowns",
                          description="Match each unknown image to a known identity, or n000000 below the threshold.")
-    add_run_argument(v)
+    add_model_argument(v)
     v.add_argument("--root", required=True, metavar="DIR",
                    help="folder with known/, unknown_dev/, verification_dev.csv")
     v.add_argument("--csv", metavar="FILE", help="dev CSV (default ROOT/verification_dev.csv)")
@@ -109,7 +115,7 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", metavar="DIR", help="report folder (default: RUN/hw2p2)")
     q = modes.add_parser("pairs", help="score an 'img1 img2 [label]' pair list; AUC when labelled",
                          description="Score every pair of a pair list; report ROC AUC when labels are given.")
-    add_run_argument(q)
+    add_model_argument(q)
     q.add_argument("--pairs", required=True, metavar="FILE", help="pair list, one 'img1 img2 [label]' per line")
     q.add_argument("--data", metavar="ROOT", help="image root (default: the pair file's folder)")
     q.add_argument("--out", metavar="DIR", help="report folder (default: RUN/hw2p2)")
@@ -142,7 +148,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     from facelab.evaluation.pairs import evaluate_pairs, format_pairs_table
 
     scorers = tuple(x.strip() for x in args.scores.split(",") if x.strip())
-    doc = evaluate_pairs(args.run, args.pairs, args.data, args.format, scorers, out_dir=args.out,
+    doc = evaluate_pairs(open_model(args), args.pairs, args.data, args.format, scorers, out_dir=args.out,
                          device=args.device, flip=_flip(args), folds=args.folds, cache=not args.no_cache,
                          quiet=args.quiet)
     print(format_pairs_table(doc))
@@ -152,7 +158,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 def _cmd_identify_eval(args: argparse.Namespace) -> int:
     from facelab.evaluation.identification import evaluate_gallery_probes, format_identification
 
-    doc = evaluate_gallery_probes(args.run, args.gallery, args.probes, args.score, args.threshold,
+    doc = evaluate_gallery_probes(open_model(args), args.gallery, args.probes, args.score, args.threshold,
                                   max_rank=args.max_rank, out_dir=args.out, device=args.device, flip=_flip(args),
                                   cache=not args.no_cache, quiet=args.quiet)
     print(format_identification(doc))
@@ -160,12 +166,12 @@ def _cmd_identify_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from facelab.evaluation.calibration import calibrate_run, format_calibration
+    from facelab.evaluation.calibration import calibrate, format_calibration
 
-    result = calibrate_run(args.run, pairs=args.pairs, data=args.data, gallery=args.gallery, probes=args.probes,
-                           objective=args.objective, target=args.target, open_objective=args.open_objective,
-                           open_target=args.open_target, score=args.score, device=args.device, flip=_flip(args),
-                           quiet=args.quiet)
+    result = calibrate(open_model(args), pairs=args.pairs, data=args.data, gallery=args.gallery, probes=args.probes,
+                       objective=args.objective, target=args.target, open_objective=args.open_objective,
+                       open_target=args.open_target, open_dev=args.open_dev, score=args.score, device=args.device,
+                       flip=_flip(args), out=args.out, quiet=args.quiet)
     print(format_calibration(result))
     return 0
 
@@ -178,12 +184,12 @@ def _cmd_hw2p2(args: argparse.Namespace) -> int:
                                   args.quiet)
         print(f"wrote {r['csv']}: {r['images']} images over {r['classes']} classes")
     elif args.mode == "verify":
-        r = hw2p2.verify_known_unknown(args.run, args.root, args.csv, args.threshold, args.score, args.out,
+        r = hw2p2.verify_known_unknown(open_model(args), args.root, args.csv, args.threshold, args.score, args.out,
                                        args.test, args.device, args.quiet)
         print(f"dev accuracy {r['dev_accuracy']:.4f} at threshold {r['threshold']:.4f} ({r['threshold_source']}); "
               f"submission: {r['submission']} ({r['submission_images']} images)")
     else:
-        r = hw2p2.score_pair_file(args.run, args.pairs, args.data, args.out, args.device, args.quiet)
+        r = hw2p2.score_pair_file(open_model(args), args.pairs, args.data, args.out, args.device, args.quiet)
         auc = f"AUC {r['auc']:.4f}; " if r["auc"] is not None else ""
         print(f"{r['pairs']} pairs; {auc}submission: {r['submission']}")
     return 0

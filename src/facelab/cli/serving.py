@@ -1,25 +1,21 @@
-"""CLI glue for deployment: ``facelab bundle | export | embed | verify | enroll | identify | gallery | serve``.
+"""CLI: deployment -- ``facelab bundle | export | embed | verify | enroll | identify | gallery | serve``.
 
-Only argparse is imported at module level so ``facelab --help`` stays instant; each command imports what it needs.
+Every command takes the same MODEL reference (a run, a checkpoint, a bundle, a pretrained name; see
+facelab.inference.model). Only argparse is imported at module level so ``facelab --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-from facelab.cli.common import Handler, add_run_argument
+from facelab.cli.common import Handler, add_model_argument, dumps, open_model
 from facelab.errors import FacelabError
-
-
-def _bundle_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", required=True, metavar="FILE", help="model bundle written by `facelab bundle`")
 
 
 def _gallery_arg(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -39,63 +35,80 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _threshold_args(p: argparse.ArgumentParser, rate: str) -> None:
+    task = "1:N identification" if rate == "FPIR" else "1:1 verification"
+    p.add_argument("--threshold", type=float, help=f"cosine accept threshold for {task} (default: the model's "
+                   "calibrated one)")
+    p.add_argument(f"--target-{rate.lower()}", type=float, dest="target", metavar=rate,
+                   help=f"use the threshold that gave this {rate} on the model's calibration data instead")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the main parser's subparsers."""
-    p = sub.add_parser("bundle", help="package a trained run as a deployable model bundle",
-                       description="Write the backbone weights (safetensors) with their architecture, preprocessing, "
-                       "embedding size, accept threshold and a fingerprint into one file. The threshold is "
-                       "--threshold, else RUN/thresholds.json ('threshold', or tasks.verification.threshold), else "
-                       "the EER threshold of RUN/metrics.json (facelab eval).")
-    add_run_argument(p)
+    p = sub.add_parser("bundle", help="package a model (run, checkpoint, pretrained, bundle) as a deployable bundle",
+                       description="Write the backbone weights (safetensors) with their architecture, input spec "
+                       "(size, colours, normalisation, flip TTA, alignment), embedding size, both accept thresholds "
+                       "(1:1 FAR-calibrated and 1:N FPIR-calibrated, with their provenance) and digests into one "
+                       "file. A run's thresholds come from RUN/thresholds.json (facelab calibrate / fit), the 1:1 "
+                       "one else from the EER threshold of RUN/metrics.json (facelab eval).")
+    add_model_argument(p)
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="bundle file to write (.safetensors)")
-    p.add_argument("--threshold", type=float, help="cosine accept threshold (overrides the run's calibration)")
+    p.add_argument("--threshold", type=float, help="1:1 cosine threshold to store instead of the calibrated one")
+    p.add_argument("--identification-threshold", type=float, metavar="T",
+                   help="1:N cosine threshold to store instead of the calibrated one")
     p.add_argument("--no-flip", action="store_true", help="embed without horizontal-flip test-time augmentation")
 
-    p = sub.add_parser("export", help="export a bundle to ONNX and/or TorchScript with a parity check",
+    p = sub.add_parser("export", help="export a model to ONNX and/or TorchScript with a parity check",
                        description="Export the embedding graph (backbone, flip TTA, L2 normalisation) and compare "
                        "its output with torch's on random and optional real inputs; the max abs diff is reported "
                        "and an export above --tolerance is removed with an error.")
-    p.add_argument("bundle", metavar="BUNDLE", help="model bundle written by `facelab bundle`")
+    add_model_argument(p)
     p.add_argument("--format", default="all", help="onnx, torchscript or all (default)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: beside the bundle)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: beside a model file, else the current one)")
     p.add_argument("--images", nargs="*", default=[], metavar="IMG", help="real images to include in the parity check")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max abs diff (default 1e-4)")
 
     p = sub.add_parser("embed", help="embed every image under a folder into an .npz file",
-                       description="Embed all images under DIR (recursively) with a bundle and save unit-length "
-                       "float32 embeddings, relative paths, identities (first folder level) and the model "
-                       "fingerprint to an .npz. Undecodable images are skipped and listed.")
+                       description="Embed all images under DIR (recursively, chosen by content) and save unit-length "
+                       "float32 embeddings, relative paths, identities (first folder level), face boxes and the "
+                       "model fingerprint to an .npz. Every file is accounted for: embedded, not an image, unusable "
+                       "(listed with the reason) or hidden.")
     p.add_argument("dir", metavar="DIR", help="folder of images (any depth)")
-    _bundle_arg(p)
+    add_model_argument(p, positional=False)
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="embeddings file to write (.npz)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("verify", help="are two face images the same person? (1:1)",
-                       description="Cosine score of the two embeddings; same person when the score reaches the "
-                       "bundle's threshold.")
-    p.add_argument("images", nargs=2, metavar="IMG", help="the two images to compare")
-    _bundle_arg(p)
-    p.add_argument("--threshold", type=float, help="accept threshold (default: the bundle's)")
+    p = sub.add_parser("verify", help="same person? two photos, or a photo and an enrolled identity (1:1)",
+                       description="Cosine score of the two faces against the model's 1:1 threshold. With "
+                       "--identity NAME --gallery DB, the photo's face is compared with NAME's enrolled images "
+                       "(the best score counts).")
+    p.add_argument("images", nargs="+", metavar="IMG", help="two photos, or one with --identity")
+    add_model_argument(p, positional=False)
+    p.add_argument("--identity", metavar="NAME", help="verify the photo against this enrolled identity")
+    p.add_argument("--gallery", metavar="DB", help="the gallery holding --identity")
+    _threshold_args(p, "FAR")
     _json_arg(p)
 
     p = sub.add_parser("enroll", help="add photos of a person to a gallery",
-                       description="Embed the images and store them under NAME in one transaction (all or nothing). "
-                       "With --folder, enroll every ROOT/<identity>/ folder as an identity instead.")
-    _bundle_arg(p)
+                       description="Embed one face per photo and store them under NAME in one transaction (all or "
+                       "nothing: a photo without a face refuses the enrollment). With --folder, enroll every "
+                       "ROOT/<identity>/ folder as an identity instead, skipping and listing unusable photos.")
+    add_model_argument(p, positional=False)
     _gallery_arg(p)
     p.add_argument("name", nargs="?", metavar="NAME", help="identity name (created if new)")
     p.add_argument("images", nargs="*", metavar="IMG", help="images or folders of images of this person")
     p.add_argument("--folder", metavar="ROOT", help="enroll each subfolder of ROOT as one identity")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("identify", help="who in the gallery is this? (1:N)",
-                       description="Top-k identities by their best-matching enrolled image, or 'unknown' when none "
-                       "reaches the bundle's threshold.")
-    p.add_argument("images", nargs="+", metavar="IMG", help="image(s) to identify")
-    _bundle_arg(p)
+    p = sub.add_parser("identify", help="who in the gallery is each face in a photo? (1:N)",
+                       description="For every face in each photo: the top-k identities by their best-matching "
+                       "enrolled image at or above the model's 1:N (FPIR-calibrated) threshold, or 'unknown'.")
+    p.add_argument("images", nargs="+", metavar="IMG", help="photo(s) to identify")
+    add_model_argument(p, positional=False)
     _gallery_arg(p)
-    p.add_argument("-k", type=int, default=5, help="how many identities to report (default 5)")
-    p.add_argument("--threshold", type=float, help="accept threshold (default: the bundle's)")
+    p.add_argument("-k", type=int, default=5, help="how many identities to report per face (default 5)")
+    _threshold_args(p, "FPIR")
     _index_arg(p)
     _json_arg(p)
 
@@ -105,19 +118,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = gsub.add_parser("list", help="identities with image counts", description="List identities and image counts.")
     _gallery_arg(g, positional=True)
     _json_arg(g)
-    g = gsub.add_parser("check", help="verify database integrity", description="Run SQLite's integrity check and "
-                        "facelab's (every image has an embedding of the right size).")
+    g = gsub.add_parser("check", help="verify database integrity (and the thresholds a model would use)",
+                        description="Run SQLite's integrity check and facelab's (every image has an embedding of the "
+                        "right size). With --model, also check that the model matches the gallery and report the "
+                        "thresholds decisions would use, and why.")
     _gallery_arg(g, positional=True)
+    g.add_argument("--model", "--bundle", dest="model", metavar="MODEL", help="model to check against the gallery")
     g = gsub.add_parser("remove", help="delete an identity", description="Delete an identity with its images and "
                         "embeddings (one transaction).")
     _gallery_arg(g, positional=True)
     g.add_argument("name", metavar="NAME", help="identity to delete")
 
     p = sub.add_parser("serve", help="HTTP service + web page for verify / identify / enroll",
-                       description="Serve a bundle and a gallery over HTTP (FastAPI; OpenAPI at /docs). Writes need "
+                       description="Serve a model and a gallery over HTTP (FastAPI; OpenAPI at /docs). Writes need "
                        "a bearer token, read from the environment variable named by --token-env; if it is unset a "
-                       "random token is generated and printed. Listens on 127.0.0.1 unless --host says otherwise.")
-    _bundle_arg(p)
+                       "random token is generated and printed. Listens on 127.0.0.1 unless --host says otherwise. "
+                       "Identification uses the model's 1:N threshold unless --threshold/--target-fpir say "
+                       "otherwise; /health reports which thresholds are in force and why.")
+    add_model_argument(p, positional=False)
     _gallery_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -125,172 +143,232 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="environment variable holding the write token (default FACELAB_TOKEN)")
     p.add_argument("--read-only", action="store_true", help="refuse all writes (no token)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
+    _threshold_args(p, "FPIR")
+    p.add_argument("--verify-threshold", type=float, metavar="T", help="1:1 threshold for /verify (default: the "
+                   "model's)")
     _index_arg(p)
 
 
 # -- handlers ---------------------------------------------------------------------------------------------------------
-def _load_bundle(path: str) -> Any:
-    from facelab.serving.bundle import Bundle
-
-    return Bundle.load(path)
-
-
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from facelab.serving.bundle import Bundle
+    import dataclasses
 
-    bundle = Bundle.from_run(args.run, args.threshold, False if args.no_flip else None)
-    path = bundle.save(args.out)
-    m = bundle.meta
-    print(f"bundle: {path}\nfingerprint: {m.fingerprint}\narchitecture: {m.architecture['backbone']}, input "
-          f"{m.input_size}x{m.input_size} {m.colour_order}, embedding {m.embedding_dim}, flip TTA {m.flip_tta}\n"
-          f"threshold: {m.threshold:.4f} (from {m.threshold_source})")
+    from facelab.inference.model import FaceModel
+    from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION
+
+    model = open_model(args, device="cpu")
+    if args.no_flip and model.spec.flip_tta:  # other embeddings: the calibrated thresholds no longer apply
+        model = FaceModel.from_module(model.backbone, model.architecture,
+                                      dataclasses.replace(model.spec, flip_tta=False), source=model.source,
+                                      kind=model.kind, info=model.info)
+    th = model.thresholds
+    if args.threshold is not None:
+        th = th.replace(VERIFICATION, th.resolve(VERIFICATION, args.threshold))
+    if args.identification_threshold is not None:
+        th = th.replace(IDENTIFICATION, th.resolve(IDENTIFICATION, args.identification_threshold))
+    model = model.with_thresholds(th)
+    path = model.save_bundle(args.out)
+    print(f"bundle: {path}\n{model.describe()}")
+    if th.identification is None:
+        print("note: no 1:N threshold: `facelab identify` and `serve` will ask for --threshold until you calibrate "
+              "(facelab calibrate RUN, or facelab fit)", file=sys.stderr)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from facelab.serving.export import EXPORTERS, export
 
-    bundle = _load_bundle(args.bundle)
+    model = open_model(args, device="cpu")
     formats = EXPORTERS.names() if args.format == "all" else [args.format]
-    out = Path(args.out) if args.out else Path(args.bundle).parent
-    stem = Path(args.bundle).name.split(".")[0]
+    ref = Path(args.model)
+    out = Path(args.out) if args.out else (ref.parent if ref.is_file() else Path("."))
+    stem = ref.name.split(".")[0] if ref.is_file() else ref.name or "model"
     for fmt in formats:
         suffix = EXPORTERS.build(fmt).suffix
-        print(export(bundle, fmt, out / f"{stem}{suffix}", args.images, args.tolerance).line())
+        print(export(model, fmt, out / f"{stem}{suffix}", args.images, args.tolerance).line())
     return 0
-
-
-def _image_files(paths: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files (by content, sorted, recursive)."""
-    from facelab.images import list_images
-
-    files: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            tally = list_images(p, verify=False)  # failed ones are kept so the embedding step reports them
-            files += sorted([p / f for f in tally.images] + [p / f for f, _ in tally.failed])
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FacelabError(f"no such file or folder: {p}")
-    return files
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from facelab.images import list_images
+    from facelab.inference.model import unit
     from facelab.utils.io import atomic_open
 
     root = Path(args.dir)
-    if not root.is_dir():
-        raise FacelabError(f"not a folder: {root}")
-    files = _image_files([args.dir])
-    if not files:
-        raise FacelabError(f"no image files under {root}")
-    bundle = _load_bundle(args.bundle)
-    emb, done, failed = bundle.embed_files(files, args.batch_size, progress=not args.quiet, strict=False)
-    rel = [Path(p).relative_to(root) for p in done]
     out = Path(args.out)
     if out.suffix != ".npz":
         raise FacelabError(f"--out must end in .npz, got {out}")
+    tally = list_images(root, verify=False)  # decoding happens once, in the embedding step
+    candidates = sorted(tally.images + [p for p, _ in tally.failed])
+    if not candidates:
+        raise FacelabError(f"no images under {root} ({tally.summary(0)})")
+    model = open_model(args)
+    res = model.embedder(batch_size=args.batch_size, progress=not args.quiet).embed(
+        [root / p for p in candidates], desc="embed", strict=False, names=candidates)
+    done = [candidates[i] for i in res.done]
+    emb = unit(res.embeddings) if len(done) else np.zeros((0, model.embedding_dim), np.float32)
     with atomic_open(out, "wb") as fh:
-        np.savez(fh, embeddings=emb, paths=np.array([str(r) for r in rel]),
-                 identities=np.array([r.parts[0] if len(r.parts) > 1 else "" for r in rel]),
-                 fingerprint=np.array(bundle.fingerprint), threshold=np.array(bundle.threshold))
-    print(f"embedded {len(done)} images ({emb.shape[1]}-d, model {bundle.fingerprint[:12]}) -> {out}")
-    for path, reason in failed:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        np.savez(fh, embeddings=emb, paths=np.array(done, dtype=str),
+                 identities=np.array([p.split("/")[0] if "/" in p else "" for p in done], dtype=str),
+                 methods=np.array(res.methods, dtype=str), fingerprint=np.array(model.fingerprint))
+    failed = dict(tally.failed)
+    failed.update({candidates[i]: r for i, r in res.failed})
+    tally.images = done
+    tally.failed = sorted(failed.items())
+    undetected = res.counts().get("undetected", 0)
+    note = f", {undetected} used without detection" if undetected else ""
+    print(f"embedded {len(done)} images ({model.embedding_dim}-d, model {model.fingerprint[:12]}{note}) -> {out}")
+    print(tally.summary(), file=sys.stderr)
     return 0
 
 
 def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
-    print(json.dumps(obj) if args.json else text)
+    print(dumps(obj) if args.json else text)
+
+
+def _open_gallery(args: argparse.Namespace, model: Any, create: bool = True) -> Any:
+    from facelab.serving.recognition import FaceGallery
+
+    return FaceGallery(args.gallery, model, index=getattr(args, "index", "exact"), create=create)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    bundle = _load_bundle(args.bundle)
-    emb, _, _ = bundle.embed_files(args.images)
-    threshold = bundle.threshold if args.threshold is None else args.threshold
-    score = bundle.score(emb[0], emb[1])
-    same = score >= threshold
-    _emit(args, {"score": score, "threshold": threshold, "same_person": same},
-          f"{'same person' if same else 'different people'} (score {score:.4f}, threshold {threshold:.4f})")
+    model = open_model(args)
+    if args.identity is not None:
+        if len(args.images) != 1 or not args.gallery:
+            raise FacelabError("--identity verifies ONE photo against a gallery: give IMG --identity NAME "
+                               "--gallery DB")
+        with _open_gallery(args, model, create=False) as gallery:
+            r = gallery.verify(args.images[0], args.identity, threshold=args.threshold, target_far=args.target)
+        verdict = f"is {r.name}" if r.same_person else f"is not {r.name}"
+        _emit(args, r.to_dict(), f"{verdict} (score {r.score:.4f}, threshold {r.threshold:.4f}: "
+              f"{r.threshold_source})")
+        return 0
+    if len(args.images) != 2:
+        raise FacelabError(f"verify compares two photos (or one with --identity), got {len(args.images)}")
+    v = model.verify(args.images[0], args.images[1], threshold=args.threshold, target_far=args.target)
+    _emit(args, v.to_dict(), f"{'same person' if v.same_person else 'different people'} (score {v.score:.4f}, "
+          f"threshold {v.threshold:.4f}: {v.threshold_source})")
     return 0
 
 
-def _open_gallery(args: argparse.Namespace, bundle: Any | None, create: bool = True) -> Any:
-    from facelab.serving.gallery import Gallery
-
-    if bundle is None:
-        return Gallery(args.gallery, create=False)
-    return Gallery(args.gallery, bundle.fingerprint, bundle.meta.embedding_dim, getattr(args, "index", "exact"),
-                   create=create)
-
-
 def _cmd_enroll(args: argparse.Namespace) -> int:
+    from facelab.images import FileTally, list_images
+
     if bool(args.folder) == bool(args.name):
         raise FacelabError("give either NAME IMG... or --folder ROOT")
     if args.folder:
         root = Path(args.folder)
-        if not root.is_dir():
-            raise FacelabError(f"not a folder: {root}")
-        jobs = [(d.name, [str(d)]) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+        tally = list_images(root, verify=False)
+        per: dict[str, list[str]] = {}
+        for rel in sorted(tally.images + [p for p, _ in tally.failed]):
+            ident, sep, _ = rel.partition("/")
+            if sep:
+                per.setdefault(ident, []).append(rel)
+            else:
+                tally.ignored.append(rel)  # an image beside the identity folders belongs to no one
+        if not per:
+            raise FacelabError(f"no identity folders with images in {root} ({tally.summary(0)})")
+        jobs = [(name, [root / r for r in rels], rels) for name, rels in per.items()]  # names relative to ROOT
+        strict = False
     else:
         if not args.images:
             raise FacelabError(f"no images given for {args.name!r}")
-        jobs = [(args.name, args.images)]
-    bundle = _load_bundle(args.bundle)
-    with _open_gallery(args, bundle) as gallery:
-        for name, paths in jobs:
-            files = _image_files(paths)
-            emb, done, _ = bundle.embed_files(files)
-            added = gallery.enroll(name, zip(done, emb, strict=True))
-            print(f"enrolled {name}: {added} image(s)")
+        files: list[Path] = []
+        tally = FileTally([], [], [], [])
+        for raw in args.images:
+            p = Path(raw)
+            if p.is_dir():
+                t = list_images(p, verify=False)
+                files += [p / f for f in sorted(t.images + [f for f, _ in t.failed])]
+                tally.ignored += [str(p / f) for f in t.ignored]
+                tally.hidden += [str(p / f) for f in t.hidden]
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise FacelabError(f"no such file or folder: {p}")
+        jobs = [(args.name, files, [str(f) for f in files])]
+        strict = True
+    model = open_model(args)
+    used = 0
+    failed: list[tuple[str, str]] = []
+    with _open_gallery(args, model) as gallery:
+        for name, paths, labels in jobs:
+            try:
+                r = gallery.enroll(name, paths, strict=strict, names=labels)
+            except FacelabError as exc:
+                if strict:
+                    raise
+                failed += [(lab, str(exc)) for lab in labels]
+                print(f"skipped {name}: {exc}", file=sys.stderr)
+                continue
+            used += r.added
+            failed += list(r.failed)
+            how = ", ".join(f"{n} {m}" for m, n in r.methods)
+            print(f"enrolled {r.name}: {r.added} image(s) ({how}); {r.images} in all")
+    tally.images, tally.failed = [], sorted(set(tally.failed) | set(failed))
+    print(tally.summary(used), file=sys.stderr)
     return 0
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    bundle = _load_bundle(args.bundle)
-    threshold = bundle.threshold if args.threshold is None else args.threshold
-    emb, done, _ = bundle.embed_files(args.images)
-    with _open_gallery(args, bundle, create=False) as gallery:
-        results = [gallery.identify(e, threshold, args.k) for e in emb]
+    model = open_model(args)
+    with _open_gallery(args, model, create=False) as gallery:
+        t = gallery.identification_threshold(args.threshold, args.target)
+        results = [(img, gallery.identify(img, args.k, threshold=t.value)) for img in args.images]
     if args.json:
-        print(json.dumps([{"image": p, **r.to_dict()} for p, r in zip(done, results, strict=True)]))
+        print(dumps([{"image": img, "threshold": t.value, "threshold_source": t.source,
+                      "faces": [{**f.to_dict(), "threshold_source": t.source} for f in faces]}
+                     for img, faces in results]))
         return 0
-    for path, r in zip(done, results, strict=True):
-        near = f" (nearest {r.nearest.name} {r.nearest.score:.4f})" if r.nearest else " (empty gallery)"
-        print(f"{path}: {r.identity}" if r.identity else f"{path}: unknown{near}, threshold {threshold:.4f}")
-        for m in r.matches:
-            print(f"  {m.name}  {m.score:.4f}")
+    print(f"1:N threshold {t.value:.4f} ({t.source})")
+    for img, faces in results:
+        for n, r in enumerate(faces, start=1):
+            where = f" face {n}/{len(faces)} at {[round(v) for v in r.face.box]}" if len(faces) > 1 else ""
+            near = f" (nearest {r.nearest.name} {r.nearest.score:.4f})" if r.nearest else " (empty gallery)"
+            print(f"{img}{where}: {r.identity}" if r.identity else f"{img}{where}: unknown{near}")
+            for m in r.matches:
+                print(f"  {m.name}  {m.score:.4f}")
     return 0
 
 
 def _gallery_list(args: argparse.Namespace) -> int:
-    with _open_gallery(args, None) as gallery:
+    from facelab.serving.gallery import Gallery
+
+    with Gallery(args.gallery, create=False) as gallery:
         rows = gallery.identities()
         fp = gallery.fingerprint
     if args.json:
-        print(json.dumps({"model_fingerprint": fp, "identities": [r.__dict__ for r in rows]}))
+        print(dumps({"model_fingerprint": fp, "identities": [r.__dict__ for r in rows]}))
         return 0
-    print(f"{len(rows)} identities, {sum(r.images for r in rows)} images (model {fp[:12]})")
+    print(f"{len(rows)} identities, {sum(r.images for r in rows)} images (model {fp[:12] if fp else '?'})")
     for r in rows:
         print(f"  {r.name}  {r.images}")
     return 0
 
 
 def _gallery_check(args: argparse.Namespace) -> int:
-    with _open_gallery(args, None) as gallery:
+    from facelab.serving.gallery import Gallery
+
+    with Gallery(args.gallery, create=False) as gallery:
         problems = gallery.integrity_errors()
     for line in problems:
         print(line)
+    if args.model:
+        with _open_gallery(args, open_model(args), create=False) as fg:
+            for task, t in fg.thresholds_in_force().items():
+                print(f"{task} threshold: " + (f"{t['value']:.4f} ({t['source']})" if t else
+                                               "none (calibrate the model, or give --threshold)"))
     print("ok" if not problems else f"{len(problems)} problem(s)")
     return 0 if not problems else 1
 
 
 def _gallery_remove(args: argparse.Namespace) -> int:
-    with _open_gallery(args, None) as gallery:
+    from facelab.serving.gallery import Gallery
+
+    with Gallery(args.gallery, create=False) as gallery:
         n = gallery.remove(args.name)
     print(f"removed {args.name} ({n} image(s))")
     return 0
@@ -311,6 +389,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION
     from facelab.utils.extras import require
 
     uvicorn = require("uvicorn", "serve")
@@ -322,9 +401,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"write token (set {args.token_env} to choose your own): {token}", file=sys.stderr)
     if not _is_loopback(args.host):
         print(f"facelab: warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
-    bundle = _load_bundle(args.bundle)
-    gallery = _open_gallery(args, bundle)
-    app = create_app(bundle, gallery, token, int(args.max_upload_mb * 1024 * 1024))
+    model = open_model(args)
+    gallery = _open_gallery(args, model)
+    ident = model.threshold(IDENTIFICATION, args.threshold, args.target) \
+        if (args.threshold is not None or args.target is not None) else None
+    verif = model.threshold(VERIFICATION, args.verify_threshold) if args.verify_threshold is not None else None
+    for task, forced in ((IDENTIFICATION, ident), (VERIFICATION, verif)):
+        t = forced or model.thresholds.get(task)
+        print(f"{task} threshold: " + (t.describe() if t else "none: requests that need it get 422 until the model "
+                                       "is calibrated"), file=sys.stderr)
+    app = create_app(gallery, token, int(args.max_upload_mb * 1024 * 1024), identification=ident,
+                     verification=verif)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

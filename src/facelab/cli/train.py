@@ -14,9 +14,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a backbone with a face loss on ROOT/<identity>/<image>. The split is "
                        "seeded and saved (split.json) so `facelab eval` scores exactly the held-out images. A "
                        "checkpoint is written atomically after every epoch; --resume continues a stopped run.")
-    p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
+    add_training_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, with the "
+                   "config stored in it; only --lr/--epochs/--device and --set optim.lr, optim.epochs, "
+                   "optim.grad_clip, train.checkpoint_every_steps, train.log_every_steps, device, threads may "
+                   "change it (e.g. a lower optim.lr after a NaN loss)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The recipe options shared by ``facelab train`` and ``facelab fit`` (each sets a config key)."""
+    p.add_argument("--config", metavar="YAML", help="YAML config (see configs/); unknown keys are errors")
     p.add_argument("--epochs", type=int, help="number of epochs (sets optim.epochs)")
     p.add_argument("--backbone", help="backbone name, e.g. resnet18, mobilefacenet (sets model.backbone)")
     p.add_argument("--loss", help="loss name, e.g. arcface, softmax (sets loss.name)")
@@ -26,12 +37,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set loss.options.margin=0.3 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, with the "
-                   "config stored in it; only --lr/--epochs/--device and --set optim.lr, optim.epochs, "
-                   "optim.grad_clip, train.checkpoint_every_steps, train.log_every_steps, device, threads may "
-                   "change it (e.g. a lower optim.lr after a NaN loss)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -73,14 +78,19 @@ TRAIN_FLAGS = {
 }
 
 
+def training_overrides(args: argparse.Namespace) -> list[str]:
+    """``key=value`` strings for the options of :func:`add_training_options` that were given (--set excluded)."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
+            if getattr(args, flag, None) is not None]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facelab.config import load_config
     from facelab.engine import train
 
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
-                 if getattr(args, flag) is not None]
+    overrides = training_overrides(args)
     if args.resume:  # the checkpoint's config, changed only by the keys the trainer allows (RESUME_KEYS)
         if args.config is None and args.out is None:
             raise FacelabError("--resume needs --out DIR (the run folder to continue)")

@@ -27,18 +27,14 @@ class ScanReport:
         return {"ignored": len(self.ignored_files), "failed": len(self.bad_images), "hidden": len(self.hidden),
                 "dropped_identities": len(self.dropped_identities)}
 
-    def summary(self) -> str:
-        parts = []
-        if self.bad_images:
-            parts.append(f"skipped {len(self.bad_images)} unusable image(s): {_few([r for _, r in self.bad_images])}")
-        if self.ignored_files:
-            parts.append(f"ignored {len(self.ignored_files)} non-image file(s): {_few(self.ignored_files)}")
-        if self.hidden:
-            parts.append(f"skipped {len(self.hidden)} hidden entr{'y' if len(self.hidden) == 1 else 'ies'}")
+    def summary(self, used: int) -> str:
+        """The line every folder command prints (see :meth:`facelab.images.FileTally.summary`), plus the identity
+        folders dropped for having too few images."""
+        line = FileTally([], self.ignored_files, self.bad_images, self.hidden).summary(used)
         if self.dropped_identities:
-            parts.append(f"dropped {len(self.dropped_identities)} identity folder(s) with too few images: "
-                         f"{_few([f'{n} ({c})' for n, c in self.dropped_identities])}")
-        return "; ".join(parts)
+            line += (f"; dropped {len(self.dropped_identities)} identity folder(s) with too few images: "
+                     f"{_few([f'{n} ({c})' for n, c in self.dropped_identities])}")
+        return line
 
 
 def _few(items: list[str], k: int = 5) -> str:
@@ -94,8 +90,6 @@ def scan_folder(root: str | Path, verify: bool = True, min_images: int = 1) -> F
             continue
         identities[ident] = images
     if not identities:
-        detail = f" ({report.summary()})" if report.summary() else ""
-        raise FacelabError(
-            f"no identity folders with images found in {root}: expected ROOT/<identity>/<image>{detail}"
-        )
+        raise FacelabError(f"no identity folders with images found in {root}: expected ROOT/<identity>/<image> "
+                           f"({report.summary(0)})")
     return FaceFolder(root=root, identities=identities, report=report)

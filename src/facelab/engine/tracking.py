@@ -12,6 +12,7 @@ from typing import Any
 
 from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open
+from facelab.utils.plotting import plt, save_figure
 
 
 class StepLog:
@@ -58,3 +59,20 @@ class StepLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def plot_training_curves(history: list[dict], path: str | Path) -> None:
+    """Loss (and training accuracy when the loss has one) per epoch, as PNG."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss", color="tab:blue")
+    if any(h.get("train_acc") is not None for h in history):
+        ax2 = ax1.twinx()
+        ax2.plot(epochs, [h.get("train_acc") for h in history], color="tab:orange", label="train accuracy")
+        ax2.set_ylabel("train accuracy", color="tab:orange")
+        ax2.set_ylim(0, 1.01)
+    ax1.set_title("training")
+    ax1.grid(True, alpha=0.3)
+    save_figure(fig, path)

@@ -43,7 +43,7 @@ from facelab.engine.state import (
     set_rng_state,
     sharded_parameters,
 )
-from facelab.engine.tracking import StepLog
+from facelab.engine.tracking import StepLog, plot_training_curves
 from facelab.errors import FacelabError
 from facelab.losses import LOSSES, FaceLoss, build_loss
 from facelab.models import BACKBONES, count_parameters
@@ -240,8 +240,7 @@ class _Run:
     def _prepare_folder(self) -> dict[str, Any]:
         cfg = self.cfg
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
-        if folder.report.summary():
-            self.say(f"data: {folder.report.summary()}")
+        self.say(f"data: {folder.report.summary(folder.num_images)}")
         manifest = make_split(folder, cfg.data.split)
         self.out.mkdir(parents=True, exist_ok=True)
         manifest.save(self.out / SPLIT)
@@ -496,8 +495,6 @@ class _Run:
             self.say(f"data: {len(self.dataset.failed)} image(s) failed to decode during training and were replaced: "
                      f"{', '.join(sorted(self.dataset.failed)[:5])}")
         if len(self.history) == cfg.optim.epochs and ctx.is_main:
-            from facelab.evaluation.plots import plot_training_curves
-
             plot_training_curves(self.history, self.out / "training_curves.png")
             write_json(self.out / "training_curves.json", self.history)
         return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)

@@ -1,5 +1,6 @@
-"""Evaluation: metrics, embedding extraction, protocols and plots."""
+"""Evaluation: metrics, protocols (own split, pair lists, 1:N searches, HW2P2), calibration, reports and plots."""
 
+from facelab.evaluation import deepface  # noqa: F401  (registers the learned DeepFace scorer in SCORERS)
 from facelab.evaluation.metrics import (
     all_pairs,
     auc,

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.identification import (
     best_open_set_accuracy,
     evaluate_searches,
@@ -33,9 +32,10 @@ from facelab.evaluation.identification import (
 )
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
 from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
-from facelab.evaluation.report import write_verification_report
+from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.images import list_images as _list_files
-from facelab.runs import LoadedRun, calibrated_threshold, load_run
+from facelab.inference.model import FaceModel, load_model
+from facelab.runs import calibrated_threshold
 from facelab.utils.io import atomic_open
 
 UNKNOWN = "n000000"
@@ -58,30 +58,33 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Non
         w.writerows(rows)
 
 
-def _run(run: str | Path | LoadedRun, device: str | None) -> LoadedRun:
-    return run if isinstance(run, LoadedRun) else load_run(run, device)
+def _model(model: str | Path | FaceModel, device: str | None) -> FaceModel:
+    return load_model(model, device=device)
 
 
 # ------------------------------------------------------------------------------------------------- classification
 
 @torch.no_grad()
-def classify_folder(run: str | Path | LoadedRun, test_dir: str | Path, out_csv: str | Path,
+def classify_folder(run: str | Path | FaceModel, test_dir: str | Path, out_csv: str | Path,
                     data_root: str | Path | None = None, index_labels: bool = False, device: str | None = None,
                     quiet: bool = False) -> dict[str, Any]:
     """Predict a training identity for every image of ``test_dir``: the loss's class scores, or for metric losses
     the nearest class centre of the training embeddings (which needs the training data, ``data_root``)."""
-    lr = _run(run, device)
-    embedder = Embedder.from_run(lr, progress=not quiet)
+    fm = _model(run, device)
+    if fm.run is None:
+        raise FacelabError(f"classification needs a training run (its classes and loss); {fm.ref} is a {fm.kind}")
+    lr = fm.run
+    embedder = fm.embedder(progress=not quiet, cache=True)
     images = list_images(test_dir)
     if not images:
         raise FacelabError(f"no images in {test_dir}")
-    emb = embedder.embed(images, desc="embed test images")
+    emb = embedder.embed_all(images, desc="embed test images")
     logits = lr.loss.logits(torch.from_numpy(emb).to(lr.device))
     if logits is not None:
         scores = logits.float().cpu().numpy()
     else:
         root = Path(data_root or lr.cfg.data.root)
-        train = embedder.embed([root / p for p, _ in lr.manifest.train], desc="embed class centres")
+        train = embedder.embed_all([root / p for p, _ in lr.manifest.train], desc="embed class centres")
         y = np.array([c for _, c in lr.manifest.train])
         centres = normalize(np.stack([normalize(train)[y == c].mean(0) for c in range(lr.manifest.num_classes)]))
         scores = normalize(emb) @ centres.T
@@ -109,17 +112,17 @@ def read_verification_csv(path: str | Path) -> dict[str, str]:
         return {Path(row[img_col].strip()).name: row[id_col].strip() for row in reader}
 
 
-def verify_known_unknown(run: str | Path | LoadedRun, root: str | Path, dev_csv: str | Path | None = None,
+def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv: str | Path | None = None,
                          threshold: float | None = None, score: str = "cosine", out_dir: str | Path | None = None,
                          test_dir: str | Path | None = None, device: str | None = None,
                          quiet: bool = False) -> dict[str, Any]:
     """Open-set identification of ``unknown_dev`` against ``known``: dev accuracy at a threshold (given, else the
     run's calibrated one, else the best on dev -- flagged optimistic), the ISO open-set metrics, and submission /
     dev-prediction CSVs where a top score below the threshold answers ``n000000``."""
-    lr = _run(run, device)
+    fm = _model(run, device)
     root = Path(root)
     truth = read_verification_csv(dev_csv or root / "verification_dev.csv")
-    embedder = Embedder.from_run(lr, progress=not quiet)
+    embedder = fm.embedder(progress=not quiet, cache=True)
     g_paths, g_labels = folder_items(root / "known")
     dev_images = list_images(root / "unknown_dev")
     missing = [p.name for p in dev_images if p.name not in truth]
@@ -130,17 +133,19 @@ def verify_known_unknown(run: str | Path | LoadedRun, root: str | Path, dev_csv:
     if stray:
         raise FacelabError(f"verification CSV names identity {stray[0]} which has no folder in {root / 'known'}")
     dev_labels = [truth[p.name] for p in dev_images]
-    emb = embedder.embed(g_paths + dev_images, desc="embed known + unknown_dev")
+    emb = embedder.embed_all(g_paths + dev_images, desc="embed known + unknown_dev")
     s = search(emb[len(g_paths):], dev_labels, emb[: len(g_paths)], g_labels, score)
     st = score_type(score)
     source = "given"
-    if threshold is None:
-        threshold, source = calibrated_threshold(lr.path, "identification", score, embedder.fingerprint), \
+    if threshold is None and fm.run is not None:
+        threshold, source = calibrated_threshold(fm.run.path, "identification", score, embedder.fingerprint), \
             "thresholds.json"
+    elif threshold is None and score == "cosine" and fm.thresholds.identification is not None:
+        threshold, source = fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
     if threshold is None:
         threshold, source = st.native(best_open_set_accuracy(s)[1]), "best on dev (optimistic)"
-    out = Path(out_dir) if out_dir else lr.path / "hw2p2"
-    meta = {"run": str(lr.path), "layout": str(root), "threshold": threshold, "threshold_source": source,
+    out = Path(out_dir) if out_dir else default_report_dir(fm, "hw2p2")
+    meta = {"model": fm.ref or fm.source, "layout": str(root), "threshold": threshold, "threshold_source": source,
             "known_images": len(g_paths), "unknown_dev_images": len(dev_images)}
     doc = evaluate_searches(s, meta, out, score, DEFAULT_FAR_TARGETS, threshold=threshold, max_rank=20)
     doc["dev_accuracy"] = open_set_accuracy(s, st.oriented(threshold))
@@ -157,7 +162,7 @@ def verify_known_unknown(run: str | Path | LoadedRun, root: str | Path, dev_csv:
     sub_images, sub_emb = dev_images, dev_emb
     if test.is_dir():
         sub_images = list_images(test)
-        sub_emb = embedder.embed(sub_images, desc="embed unknown_test")
+        sub_emb = embedder.embed_all(sub_images, desc="embed unknown_test")
     write_csv(out / "submission.csv", ["id", "label"],
               [[p.name, y] for p, y in zip(sub_images, predict(sub_emb), strict=True)])
     doc["submission"] = str(out / "submission.csv")
@@ -192,17 +197,17 @@ def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList
                     np.array(labels) if labels else None, fold)
 
 
-def score_pair_file(run: str | Path | LoadedRun, pair_file: str | Path, data_root: str | Path | None = None,
+def score_pair_file(run: str | Path | FaceModel, pair_file: str | Path, data_root: str | Path | None = None,
                     out_dir: str | Path | None = None, device: str | None = None,
                     quiet: bool = False) -> dict[str, Any]:
     """Cosine score of every pair; ROC AUC (with the full verification report) when the file has labels; always a
     submission ``Id,Category``."""
-    lr = _run(run, device)
+    fm = _model(run, device)
     pairs = read_pairs(pair_file, data_root, "hw2p2")
-    embedder = Embedder.from_run(lr, progress=not quiet)
-    emb = embedder.embed(pairs.images, desc=f"embed {Path(pair_file).name}")
+    embedder = fm.embedder(progress=not quiet, cache=True)
+    emb = embedder.embed_all(pairs.images, desc=f"embed {Path(pair_file).name}")
     scores = score_type("cosine").pairwise(emb[pairs.first], emb[pairs.second])
-    out = Path(out_dir) if out_dir else lr.path / "hw2p2"
+    out = Path(out_dir) if out_dir else default_report_dir(fm, "hw2p2")
     base = Path(data_root or Path(pair_file).parent)
     rel = [Path(str(p)).relative_to(base).as_posix() for p in pairs.images]
     write_csv(out / "pairs_submission.csv", ["Id", "Category"],
@@ -211,7 +216,7 @@ def score_pair_file(run: str | Path | LoadedRun, pair_file: str | Path, data_roo
     doc: dict[str, Any] = {"pairs": len(pairs), "submission": str(out / "pairs_submission.csv"), "auc": None}
     if pairs.has_labels:
         results = score_pairs(emb, pairs, ("cosine",))
-        rep = write_verification_report(out, {"name": Path(pair_file).name, "run": str(lr.path)}, results,
+        rep = write_verification_report(out, {"name": Path(pair_file).name, "model": fm.ref or fm.source}, results,
                                         prefix="pairs")
         doc["auc"] = rep["scorers"]["cosine"]["verification"]["roc_auc"]
         doc["report"] = rep

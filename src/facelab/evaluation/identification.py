@@ -23,10 +23,10 @@ import numpy as np
 
 from facelab.data import scan_folder
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, score_type
-from facelab.evaluation.report import write_identification_report
-from facelab.runs import LoadedRun, calibrated_threshold, load_run
+from facelab.evaluation.report import default_report_dir, write_identification_report
+from facelab.inference.model import FaceModel, load_model
+from facelab.runs import calibrated_threshold
 
 
 @dataclass
@@ -199,28 +199,32 @@ def evaluate_searches(s: Searches, meta: dict, out: Path, score: str = "cosine",
     return doc
 
 
-def evaluate_gallery_probes(run: str | Path | LoadedRun, gallery: str | Path, probes: str | Path,
+def evaluate_gallery_probes(model: str | Path | FaceModel, gallery: str | Path, probes: str | Path,
                             score: str = "cosine", threshold: float | None = None,
                             fpir_targets: tuple[float, ...] = DEFAULT_FAR_TARGETS, max_rank: int = 20,
                             out_dir: str | Path | None = None, device: str | None = None, flip: bool | None = None,
                             cache: bool = True, quiet: bool = False) -> dict:
     """``facelab identify-eval``: gallery and probe identity folders; probes whose identity has no gallery folder
-    are non-mated searches. Open-set accuracy is also reported at ``threshold`` or, failing that, at the run's
-    calibrated identification threshold (thresholds.json) when it was calibrated with the same score."""
-    lr = run if isinstance(run, LoadedRun) else load_run(run, device)
-    embedder = Embedder.from_run(lr, flip=flip, cache=cache, progress=not quiet)
+    are non-mated searches. Open-set accuracy is also reported at ``threshold`` or, failing that, at the model's
+    calibrated identification threshold when it was calibrated with the same score (cosine for bundles and
+    pretrained models; thresholds.json of a run for any score)."""
+    fm = load_model(model, device=device)
+    embedder = fm.embedder(progress=not quiet, cache=cache, flip=flip)
     g_paths, g_labels = folder_items(gallery)
     p_paths, p_labels = folder_items(probes)
-    emb = embedder.embed(g_paths + p_paths, desc="embed gallery + probes")
+    emb = embedder.embed_all(g_paths + p_paths, desc="embed gallery + probes")
     s = search(emb[len(g_paths):], p_labels, emb[: len(g_paths)], g_labels, score)
     source = "given"
-    if threshold is None:
-        threshold = calibrated_threshold(lr.path, "identification", score, embedder.fingerprint)
-        source = "thresholds.json"
-    meta = {"run": str(lr.path), "gallery": str(gallery), "probes": str(probes), "gallery_images": len(g_paths),
-            "probe_images": len(p_paths), "flip_tta": embedder.flip, "model_fingerprint": embedder.fingerprint[:16],
+    if threshold is None and fm.run is not None:
+        threshold, source = calibrated_threshold(fm.run.path, "identification", score, fm.fingerprint), \
+            "thresholds.json"
+    elif threshold is None and score == "cosine" and fm.thresholds.identification is not None:
+        threshold, source = fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
+    meta = {"model": fm.ref or fm.source, "gallery": str(gallery), "probes": str(probes),
+            "gallery_images": len(g_paths), "probe_images": len(p_paths), "flip_tta": embedder.flip,
+            "model_fingerprint": embedder.fingerprint[:16],
             "threshold_source": source if threshold is not None else "none"}
-    out = Path(out_dir) if out_dir else lr.path / "identify"
+    out = Path(out_dir) if out_dir else default_report_dir(fm, "identify")
     return evaluate_searches(s, meta, out, score, fpir_targets, max_rank, threshold)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from facelab.errors import FacelabError
-from facelab.evaluation.embedder import Embedder, ImageSource
 from facelab.evaluation.metrics import (
     DEFAULT_FAR_TARGETS,
     best_accuracy,
@@ -26,10 +25,11 @@ from facelab.evaluation.metrics import (
     roc_curve,
     verification_report,
 )
-from facelab.evaluation.report import write_verification_report
+from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.evaluation.scorers import PairScorer, build_scorer
+from facelab.images import ImageInput
+from facelab.inference.model import FaceModel, load_model
 from facelab.registry import Registry
-from facelab.runs import LoadedRun, load_run
 
 
 @dataclass
@@ -37,7 +37,7 @@ class PairList:
     """Pairs as indices into ``images`` (each image embedded once however many pairs use it)."""
 
     source: Path
-    images: list[ImageSource]
+    images: list[ImageInput]
     first: np.ndarray  # (P,) index into images
     second: np.ndarray
     labels: np.ndarray | None  # (P,) bool, True = same identity; None when the list has no labels (a test set)
@@ -53,10 +53,10 @@ class PairList:
 
 class _Indexer:
     def __init__(self) -> None:
-        self.images: list[ImageSource] = []
-        self._index: dict[ImageSource, int] = {}
+        self.images: list[ImageInput] = []
+        self._index: dict[ImageInput, int] = {}
 
-    def __call__(self, src: ImageSource) -> int:
+    def __call__(self, src: ImageInput) -> int:
         if src not in self._index:
             self._index[src] = len(self.images)
             self.images.append(src)
@@ -276,22 +276,25 @@ def score_pairs(emb: np.ndarray, pairs: PairList, scorers: tuple[str, ...] = DEF
     return results
 
 
-def evaluate_pairs(run: str | Path | LoadedRun, pairs_file: str | Path, data_root: str | Path | None = None,
+def evaluate_pairs(model: str | Path | FaceModel, pairs_file: str | Path, data_root: str | Path | None = None,
                    fmt: str | None = None, scorers: tuple[str, ...] = DEFAULT_SCORERS,
                    far_targets: tuple[float, ...] = DEFAULT_FAR_TARGETS, out_dir: str | Path | None = None,
                    device: str | None = None, flip: bool | None = None, folds: int = 10, cache: bool = True,
                    quiet: bool = False) -> dict:
-    """``facelab pairs``: embed every image of a pair list (cached), score it with each scorer, write reports."""
-    lr = run if isinstance(run, LoadedRun) else load_run(run, device)
+    """``facelab pairs``: embed every image of a pair list (cached for runs), score it with each scorer, write
+    reports. ``model`` is any model reference (run, checkpoint, bundle, pretrained name)."""
+    fm = load_model(model, device=device)
     pairs = read_pairs(pairs_file, data_root, fmt, folds)
-    embedder = Embedder.from_run(lr, flip=flip, cache=cache, progress=not quiet)
-    emb = embedder.embed(pairs.images, desc=f"embed {Path(pairs_file).name}")
+    embedder = fm.embedder(progress=not quiet, cache=cache, flip=flip)
+    emb = embedder.embed_all(pairs.images, desc=f"embed {Path(pairs_file).name}")
     results = score_pairs(emb, pairs, scorers, far_targets)
-    meta = {"name": Path(pairs_file).name, "pairs_file": str(pairs_file), "run": str(lr.path), "epochs": lr.epoch,
-            "backbone": lr.cfg.model.backbone, "flip_tta": embedder.flip, "images": len(pairs.images),
-            "pairs_total": len(pairs), "model_fingerprint": embedder.fingerprint[:16],
-            "images_embedded_now": embedder.calls}
-    out = Path(out_dir) if out_dir else lr.path / f"pairs_{Path(pairs_file).stem}"
+    meta = {"name": Path(pairs_file).name, "pairs_file": str(pairs_file), "model": fm.ref or fm.source,
+            "model_kind": fm.kind, "backbone": fm.architecture.get("backbone"), "align": fm.spec.align,
+            "flip_tta": embedder.flip, "images": len(pairs.images), "pairs_total": len(pairs),
+            "model_fingerprint": embedder.fingerprint[:16], "images_embedded_now": embedder.calls}
+    if fm.run is not None:
+        meta["epochs"] = fm.run.epoch
+    out = Path(out_dir) if out_dir else default_report_dir(fm, f"pairs_{Path(pairs_file).stem}")
     doc = write_verification_report(out, meta, results)
     doc["out_dir"] = str(out)
     return doc

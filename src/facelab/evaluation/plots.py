@@ -1,24 +1,14 @@
-"""PNG reports a person would rather look at than a table: ROC with operating points, score histograms,
-training curves. Each figure has a JSON of the same numbers beside it (written by the caller)."""
+"""PNG reports a person would rather look at than a table: ROC with operating points, score histograms, DET and CMC
+curves. Each figure has a JSON of the same numbers beside it (written by the caller)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from facelab.evaluation.metrics import Roc
-from facelab.utils.io import atomic_open
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+from facelab.utils.plotting import plt, save_figure
 
 
 def plot_roc(roc: Roc, report: dict, path: str | Path, title: str = "ROC (open set, unseen identities)") -> None:
@@ -39,7 +29,7 @@ def plot_roc(roc: Roc, report: dict, path: str | Path, title: str = "ROC (open s
     ax.set_title(f"{title}\nEER {report['eer']:.4f}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, Path(path))
+    save_figure(fig, path)
 
 
 def score_histogram(scores: np.ndarray, labels: np.ndarray, bins: int = 50) -> dict:
@@ -69,7 +59,7 @@ def plot_histogram(hist: dict, thresholds: dict[str, float], path: str | Path,
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
-    _save(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str,
@@ -93,7 +83,7 @@ def plot_det(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_cmc(cmc: list[float], path: str | Path, title: str = "CMC (closed-set identification)") -> None:
@@ -107,20 +97,4 @@ def plot_cmc(cmc: list[float], path: str | Path, title: str = "CMC (closed-set i
     ax.set_xlim(0.5, len(cmc) + 0.5)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    _save(fig, Path(path))
-
-
-def plot_training_curves(history: list[dict], path: str | Path) -> None:
-    epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss", color="tab:blue")
-    if any(h.get("train_acc") is not None for h in history):
-        ax2 = ax1.twinx()
-        ax2.plot(epochs, [h.get("train_acc") for h in history], color="tab:orange", label="train accuracy")
-        ax2.set_ylabel("train accuracy", color="tab:orange")
-        ax2.set_ylim(0, 1.01)
-    ax1.set_title("training")
-    ax1.grid(True, alpha=0.3)
-    _save(fig, Path(path))
+    save_figure(fig, path)

@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelab.data import FaceDataset, eval_transform
 from facelab.errors import FacelabError
-from facelab.evaluation.embed import extract_embeddings
 from facelab.evaluation.metrics import all_pairs, normalize, roc_curve, topk_accuracy, verification_report
 from facelab.evaluation.plots import plot_histogram, plot_roc, score_histogram
-from facelab.runs import load_run
+from facelab.inference.model import FaceModel, load_model
 from facelab.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -43,20 +41,29 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
             "probes": int(probe_mask.sum())}
 
 
-def evaluate(run: str | Path, data_root: str | None = None, out_dir: str | Path | None = None,
+def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir: str | Path | None = None,
              device: str | None = None, flip: bool | None = None, quiet: bool = False) -> dict[str, Any]:
-    loaded = load_run(run, device)
-    cfg, manifest, backbone, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.backbone, loaded.loss, loaded.device
-    root = data_root or cfg.data.root
-    if not Path(root).is_dir():
+    """``facelab eval``: score a run on the held-out images of its own split (see the module docstring); writes
+    metrics.json, roc.png/.json and scores_hist.png into ``out_dir`` (default: the run folder).
+
+    Raises:
+        FacelabError: not a training run, data folder missing, or a held-out image that cannot be used (named).
+    """
+    model = load_model(run, device=device)
+    if model.run is None:
+        raise FacelabError(f"facelab eval scores a training run on its own split; {model.kind} {model.source} has "
+                           f"none (use facelab pairs / identify-eval for other data)")
+    loaded = model.run
+    cfg, manifest, loss_fn, dev = loaded.cfg, loaded.manifest, loaded.loss, loaded.device
+    root = Path(data_root or cfg.data.root)
+    if not root.is_dir():
         raise FacelabError(f"data folder not found: {root} (pass --data to point at the folder trained on)")
     out = Path(out_dir) if out_dir else loaded.path
-    use_flip = cfg.eval.flip_tta if flip is None else flip
-    tf = eval_transform(cfg.data)
+    embedder = model.embedder(progress=not quiet, cache=True, flip=flip, batch_size=cfg.eval.batch_size)
+    use_flip = embedder.flip
 
     def embed(items: list[tuple[str, int]], desc: str) -> np.ndarray:
-        ds = FaceDataset(root, items, cfg.data.input_size, tf)
-        return extract_embeddings(backbone, ds, cfg.eval.batch_size, use_flip, dev, desc, not quiet)
+        return embedder.embed_all([root / p for p, _ in items], desc)
 
     metrics: dict[str, Any] = {
         "run": str(run),

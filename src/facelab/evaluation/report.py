@@ -13,6 +13,18 @@ from facelab.evaluation.plots import plot_cmc, plot_det, plot_histogram, plot_ro
 from facelab.utils.io import atomic_open, write_json
 
 
+def default_report_dir(model: Any, name: str) -> Path:
+    """Where a report goes when ``--out`` is not given: inside a run folder, beside a model file, or under
+    ``facelab_reports/`` in the working folder for a pretrained model name."""
+    if model.run is not None:
+        return Path(model.run.path) / name
+    ref = Path(model.ref or model.source)
+    if ref.is_file():
+        return ref.parent / f"{ref.name.split('.')[0]}_{name}"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model.ref or model.kind))
+    return Path("facelab_reports") / f"{safe}_{name}"
+
+
 def curve_json(roc: Roc, max_points: int = 2000) -> dict[str, list]:
     """A ROC thinned to at most ``max_points`` (JSON stays small for millions of pairs)."""
     keep = np.unique(np.linspace(0, len(roc.fpr) - 1, min(len(roc.fpr), max_points)).astype(int))

@@ -52,6 +52,5 @@ for _name in SCORE_TYPES.names():
 
 
 def build_scorer(name: str) -> PairScorer:
-    from facelab.evaluation import deepface  # noqa: F401  (registers the learned scorer)
-
+    """A scorer by name (learned ones register on import of facelab.evaluation, see its __init__)."""
     return SCORERS.build(name)

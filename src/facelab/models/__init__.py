@@ -13,6 +13,13 @@ from facelab.models import (  # noqa: F401  (register backbones)
     resnet,
     vgg,
 )
-from facelab.models.base import BACKBONES, Backbone, build_backbone, count_parameters
+from facelab.models.base import (
+    ARCHITECTURES,
+    BACKBONES,
+    Backbone,
+    build_backbone,
+    build_from_architecture,
+    count_parameters,
+)
 
-__all__ = ["BACKBONES", "Backbone", "build_backbone", "count_parameters"]
+__all__ = ["ARCHITECTURES", "BACKBONES", "Backbone", "build_backbone", "build_from_architecture", "count_parameters"]

@@ -94,3 +94,21 @@ def build_backbone(cfg: ModelConfig, input_size: int) -> Backbone:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+#: architecture kinds that are not registered backbones: name -> ``fn(architecture, input_size, state) -> module``
+#: (e.g. an ONNX graph converted at load time)
+ARCHITECTURES: Registry[nn.Module] = Registry("architecture kind")
+
+
+def build_from_architecture(architecture: dict[str, object], input_size: int,
+                            state: object = None) -> nn.Module:
+    """Rebuild the module an architecture dict describes (a bundle's ``architecture``): a registered backbone from
+    its :class:`ModelConfig` fields, or a special kind from :data:`ARCHITECTURES` (which may need the weights
+    ``state``). Raises FacelabError for unknown names or options."""
+    from facelab.config import from_dict
+
+    name = architecture.get("backbone")
+    if isinstance(name, str) and name in ARCHITECTURES:
+        return ARCHITECTURES.get(name)(architecture=architecture, input_size=input_size, state=state)
+    return build_backbone(from_dict(ModelConfig, architecture, "architecture"), input_size)

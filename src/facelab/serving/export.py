@@ -1,9 +1,10 @@
 """Export a bundle to ONNX or TorchScript, with a parity check against the bundle itself.
 
-The exported graph computes exactly what :meth:`Bundle.embed_tensors` computes -- backbone, flip TTA when the
-bundle uses it, L2 normalisation -- so embeddings from the export can be mixed with a gallery enrolled through
-facelab. Input: a normalised float32 batch (B, 3, S, S), RGB, preprocessed as the bundle metadata says (stored
-in the export too: ONNX ``metadata_props`` / a TorchScript extra file ``facelab.json``). The batch axis is dynamic.
+The exported graph computes exactly what facelab's embedding primitive computes after preprocessing -- backbone,
+flip TTA when the model's input spec uses it, L2 normalisation -- so embeddings from the export can be mixed with a
+gallery enrolled through facelab. Input: a normalised float32 batch (B, 3, S, S), preprocessed (and, for an aligned
+model, detected and aligned) as the bundle metadata's input spec says; that metadata is stored in the export too
+(ONNX ``metadata_props`` / a TorchScript extra file ``facelab.json``). The batch axis is dynamic.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 from facelab.errors import FacelabError
+from facelab.inference.embedder import FlipTTA
+from facelab.inference.model import FaceModel, unit
 from facelab.registry import Registry
-from facelab.serving.bundle import Bundle
 from facelab.utils.extras import require
 from facelab.utils.io import atomic_open
 
@@ -39,18 +41,16 @@ def _quiet() -> Iterator[None]:
 
 
 class EmbeddingGraph(nn.Module):
-    """Backbone + optional flip TTA + L2 normalisation: the whole embedding in one traceable module."""
+    """Backbone + optional flip TTA (:class:`~facelab.inference.embedder.FlipTTA`) + L2 normalisation: the whole
+    embedding in one traceable module."""
 
     def __init__(self, backbone: nn.Module, flip: bool) -> None:
         super().__init__()
-        self.backbone, self.flip = backbone, flip
+        self.tta = FlipTTA(backbone, flip)
         self.eval()  # exporters put the module back in its mode afterwards: it must be eval, recursively
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.backbone(x)
-        if self.flip:
-            emb = (emb + self.backbone(torch.flip(x, dims=[3]))) / 2
-        return nn.functional.normalize(emb, dim=1)
+        return nn.functional.normalize(self.tta(x), dim=1)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Exporter:
     """``write(graph, example, bundle, path)`` saves the export; ``load(path)`` returns ``fn(batch) -> embeddings``."""
 
     suffix: str
-    write: Callable[[nn.Module, torch.Tensor, Bundle, Path], None]
+    write: Callable[[nn.Module, torch.Tensor, FaceModel, Path], None]
     load: Callable[[Path], Callable[[np.ndarray], np.ndarray]]
 
 
@@ -85,10 +85,14 @@ def _onnx_proto(graph: nn.Module, example: torch.Tensor) -> Any:
             return program.model_proto
 
 
-def _write_onnx(graph: nn.Module, example: torch.Tensor, bundle: Bundle, path: Path) -> None:
+def _meta_json(model: FaceModel) -> str:
+    return json.dumps(model.bundle_meta().to_dict(), sort_keys=True, allow_nan=False)
+
+
+def _write_onnx(graph: nn.Module, example: torch.Tensor, model: FaceModel, path: Path) -> None:
     onnx = require("onnx", "onnx")
     proto = _onnx_proto(graph, example)
-    onnx.helper.set_model_props(proto, {"facelab": bundle.meta.to_json()})
+    onnx.helper.set_model_props(proto, {"facelab": _meta_json(model)})
     onnx.checker.check_model(proto)
     with atomic_open(path, "wb") as fh:
         fh.write(proto.SerializeToString())
@@ -98,15 +102,17 @@ def _load_onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     ort = require("onnxruntime", "onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        options.add_session_config_entry(key, "0")  # no busy-waiting between ops on a shared CPU
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda batch: session.run(["embedding"], {"image": np.ascontiguousarray(batch, np.float32)})[0]
 
 
-def _write_torchscript(graph: nn.Module, example: torch.Tensor, bundle: Bundle, path: Path) -> None:
+def _write_torchscript(graph: nn.Module, example: torch.Tensor, model: FaceModel, path: Path) -> None:
     buf = io.BytesIO()
     with _quiet():
         traced = torch.jit.trace(graph, example, check_trace=False)
-        torch.jit.save(traced, buf, _extra_files={META_FILE: bundle.meta.to_json()})
+        torch.jit.save(traced, buf, _extra_files={META_FILE: _meta_json(model)})
     with atomic_open(path, "wb") as fh:
         fh.write(buf.getvalue())
 
@@ -138,29 +144,33 @@ class ExportResult:
                 f"max abs diff {self.max_abs_diff:.2e})")
 
 
-def parity_batch(bundle: Bundle, images: Sequence[str | Path] = (), random: int = 4, seed: int = 0) -> torch.Tensor:
-    """Real preprocessed images (if given) plus a few seeded random inputs: both must agree after export."""
-    from facelab.images import read_image
-
-    size = bundle.meta.input_size
-    real = [bundle.preprocess(read_image(p)) for p in images]
+def parity_batch(model: FaceModel, images: Sequence[str | Path] = (), random: int = 4, seed: int = 0
+                 ) -> torch.Tensor:
+    """Real images (if given; their faces found and preprocessed as the model does) plus a few seeded random
+    inputs: both must agree after export."""
+    embedder = model.embedder()
+    size = model.spec.input_size
+    real = [embedder.transform(embedder.faces(p)[0].image) for p in images]
     noise = torch.randn((random, 3, size, size), generator=torch.Generator().manual_seed(seed))
     return torch.cat([torch.stack(real), noise]) if real else noise
 
 
-def export(bundle: Bundle, fmt: str, path: str | Path, images: Sequence[str | Path] = (),
+def export(model: FaceModel, fmt: str, path: str | Path, images: Sequence[str | Path] = (),
            tolerance: float = 1e-4) -> ExportResult:
-    """Write ``bundle`` as ``fmt``, reload it with its own runtime and compare with the bundle's embeddings.
-    A difference above ``tolerance`` is an error and the export is removed, so no file fails silently."""
+    """Write ``model`` (on the CPU) as ``fmt``, reload it with its own runtime and compare with facelab's
+    embeddings. A difference above ``tolerance`` is an error and the export is removed, so no file fails
+    silently."""
+    if model.device.type != "cpu":
+        raise FacelabError("export a model loaded on the CPU (load_model(ref, device='cpu'))")
     exporter = EXPORTERS.build(fmt)
     path = Path(path)
     if path.is_dir() or not path.suffix:
         path = path / f"model{exporter.suffix}"
-    graph = EmbeddingGraph(bundle.model, bundle.meta.flip_tta)
-    example = torch.zeros((2, 3, bundle.meta.input_size, bundle.meta.input_size))
-    exporter.write(graph, example, bundle, path)
-    batch = parity_batch(bundle, images)
-    expected = bundle.embed_tensors(batch)
+    graph = EmbeddingGraph(model.backbone, model.spec.flip_tta)
+    example = torch.zeros((2, 3, model.spec.input_size, model.spec.input_size))
+    exporter.write(graph, example, model, path)
+    batch = parity_batch(model, images)
+    expected = unit(model.embedder().forward(batch))
     got = exporter.load(path)(batch.numpy())
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= tolerance:

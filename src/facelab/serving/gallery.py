@@ -293,6 +293,18 @@ class Gallery:
             (imgs,) = self._db.execute("SELECT COUNT(*) FROM images").fetchone()
         return int(ids), int(imgs)
 
+    def embeddings_of(self, name: str) -> np.ndarray:
+        """(n, D) float32 stored embeddings of one identity; UnknownIdentity if it is not enrolled."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UnknownIdentity(f"no identity {name!r} in {self.path.name}")
+            blobs = self._db.execute("SELECT e.vector FROM images m JOIN embeddings e ON e.image_id = m.id "
+                                     "WHERE m.identity_id = ? ORDER BY m.id", row).fetchall()
+        if not blobs:
+            raise UnknownIdentity(f"identity {name!r} has no enrolled images in {self.path.name}")
+        return np.frombuffer(bytearray(b"".join(b for (b,) in blobs)), np.float32).reshape(len(blobs), self.dim or 0)
+
     def integrity_errors(self) -> list[str]:
         """SQLite's integrity check plus ours: every image has an embedding of the right size and vice versa."""
         with self._lock:

@@ -17,11 +17,13 @@ from importlib import resources
 from typing import Annotated, Any
 
 from facelab.errors import FacelabError
-from facelab.images import ImageTooLarge, UnsupportedImage, read_image
-from facelab.serving.bundle import Bundle
-from facelab.serving.gallery import Gallery, UnknownIdentity
+from facelab.images import ImageTooLarge, UnsupportedImage
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold
+from facelab.serving.gallery import UnknownIdentity
 from facelab.serving.images import ALLOWED_CONTENT_TYPES
+from facelab.serving.recognition import FaceGallery
 from facelab.utils.extras import require
+from facelab.version import __version__
 
 require("fastapi", "serve")
 require("python_multipart", "serve")  # FastAPI parses forms with it
@@ -44,21 +46,37 @@ PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'un
 # -- response schemas (they make the OpenAPI document useful) -------------------------------------------------------
 class MatchOut(BaseModel):
     name: str
-    score: float = Field(description="cosine similarity of the query to this identity's closest enrolled image")
+    score: float = Field(description="cosine similarity of the face to this identity's closest enrolled image")
+
+
+class FaceOut(BaseModel):
+    box: list[float] = Field(description="x, y, width, height of the face in the photo's pixels (after EXIF "
+                             "orientation)")
+    method: str = Field(description="resized (pre-cropped model), aligned (detected + 5-point alignment) or "
+                        "undetected (a face-sized image used as the crop)")
+    detector_score: float | None
+
+
+class IdentifyFaceOut(FaceOut):
+    identity: str = Field(description="best identity at or above the threshold, or 'unknown'")
+    known: bool
+    matches: list[MatchOut] = Field(description="top-k identities at or above the threshold, best first")
+    nearest: MatchOut | None = Field(description="closest identity even below the threshold (None: empty gallery)")
+    threshold: float
+    threshold_source: str
 
 
 class IdentifyOut(BaseModel):
-    identity: str = Field(description="best identity at or above the threshold, or 'unknown'")
-    known: bool
-    threshold: float
-    matches: list[MatchOut] = Field(description="top-k identities at or above the threshold, best first")
-    nearest: MatchOut | None = Field(description="closest identity even below the threshold (None: empty gallery)")
+    faces: list[IdentifyFaceOut] = Field(description="one result per face found in the photo")
 
 
 class VerifyOut(BaseModel):
     score: float
     threshold: float
+    threshold_source: str
     same_person: bool
+    identity: str | None = Field(None, description="the enrolled identity verified against, if one was given")
+    faces: list[FaceOut] = Field(description="the face used from each photo")
 
 
 class EnrollOut(BaseModel):
@@ -78,12 +96,22 @@ class DeleteOut(BaseModel):
     removed_images: int
 
 
+class ThresholdOut(BaseModel):
+    value: float
+    source: str = Field(description="why this threshold: calibrated at which FAR/FPIR on what, or given")
+    target: float | None
+    rate: str = Field(description="FAR (1:1) or FPIR (1:N)")
+
+
 class HealthOut(BaseModel):
     status: str
     model_fingerprint: str
+    model: str
     embedding_dim: int
     input_size: int
-    threshold: float
+    align: str
+    thresholds: dict[str, ThresholdOut | None] = Field(description="the thresholds in force: verification (1:1) "
+                                                      "and identification (1:N)")
     identities: int
     images: int
     index: str
@@ -140,16 +168,20 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> FastAPI:
-    """The service for one bundle and one gallery (opened with that bundle's fingerprint)."""
-    if gallery.fingerprint != bundle.fingerprint:
-        raise FacelabError("the gallery was opened for another model than the bundle served")
-    app = FastAPI(title="facelab", version=__import__("facelab").__version__,
+def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, *,
+               identification: Threshold | None = None, verification: Threshold | None = None) -> FastAPI:
+    """The service for one gallery and its model. ``identification`` / ``verification`` override the model's
+    thresholds (``facelab serve --threshold / --target-fpir``); otherwise the model's calibrated ones are used, and
+    a request that needs a missing one is a 422 that says how to calibrate."""
+    model = gallery.model
+    app = FastAPI(title="facelab", version=__version__,
                   description="Face verification (1:1) and identification (1:N) against an enrolled gallery. "
                   "Writes need a bearer token.")
     bearer = HTTPBearer(auto_error=False, description="the token given to `facelab serve`")
-    threshold = bundle.threshold
+    forced = {IDENTIFICATION: identification, VERIFICATION: verification}
+
+    def threshold(task: str) -> Threshold:
+        return forced[task] or model.threshold(task)
 
     def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if creds is None:
@@ -171,51 +203,71 @@ def create_app(bundle: Bundle, gallery: Gallery, token: str | None = None,
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    def embed(uploads: list[UploadFile]) -> Any:
-        """Decode and embed all uploads, or fail on the first bad one (so a request is all-or-nothing)."""
+    def read(uploads: list[UploadFile]) -> list[tuple[str, bytes]]:
+        """(name, bytes) of each upload after the declared-type check (the image gate checks the content)."""
         if not uploads or len(uploads) > MAX_FILES:
             raise FacelabError(f"send 1 to {MAX_FILES} images, got {len(uploads)}")
-        images = []
+        out = []
         for up in uploads:
             name = up.filename or "upload"
             declared = (up.content_type or "").split(";")[0].strip().lower()
             if declared not in ALLOWED_CONTENT_TYPES | UNDECLARED_TYPES:
                 raise UnsupportedImage(f"{name}: content type {declared!r} is not an accepted image type")
-            images.append(read_image(up.file.read(max_upload_bytes + 1), name))
-        return bundle.embed_images(images)
+            out.append((name, up.file.read(max_upload_bytes + 1)))
+        return out
+
+    def threshold_out(task: str) -> ThresholdOut | None:
+        t = forced[task] or model.thresholds.get(task)
+        return None if t is None else ThresholdOut(value=t.value, source=t.source, target=t.target,
+                                                   rate=t.rate_name)
 
     @app.get("/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:
-        ids, imgs = gallery.counts()
-        return HealthOut(status="ok", model_fingerprint=bundle.fingerprint, embedding_dim=bundle.meta.embedding_dim,
-                         input_size=bundle.meta.input_size, threshold=threshold, identities=ids, images=imgs,
-                         index=gallery.index, writes_enabled=token is not None)
+        ids, imgs = gallery.store.counts()
+        return HealthOut(status="ok", model_fingerprint=model.fingerprint, model=model.ref or model.source,
+                         embedding_dim=model.embedding_dim, input_size=model.spec.input_size, align=model.spec.align,
+                         thresholds={VERIFICATION: threshold_out(VERIFICATION),
+                                     IDENTIFICATION: threshold_out(IDENTIFICATION)},
+                         identities=ids, images=imgs, index=gallery.store.index, writes_enabled=token is not None)
 
     @app.post("/verify", response_model=VerifyOut, tags=["recognition"])
-    def verify(image_a: Annotated[UploadFile, File(description="first face")],
-               image_b: Annotated[UploadFile, File(description="second face")]) -> VerifyOut:
-        """1:1 -- are these two faces the same person?"""
-        a, b = embed([image_a, image_b])
-        score = bundle.score(a, b)
-        return VerifyOut(score=score, threshold=threshold, same_person=score >= threshold)
+    def verify(image_a: Annotated[UploadFile, File(description="a photo with the face to check")],
+               image_b: Annotated[UploadFile | None, File(description="second photo (or give identity)")] = None,
+               identity: Annotated[str | None, Form(max_length=256, description="enrolled identity to verify "
+                                                    "image_a against (instead of image_b)")] = None) -> VerifyOut:
+        """1:1 -- are these two faces the same person? Or, with ``identity``, is this face that enrolled person?"""
+        t = threshold(VERIFICATION)
+        if (image_b is None) == (identity is None):
+            raise FacelabError("give either image_b or identity")
+        if identity is not None:
+            ((name, data),) = read([image_a])
+            r = gallery.verify((name, data), identity, threshold=t.value, image_name=name)
+            return VerifyOut(score=r.score, threshold=t.value, threshold_source=t.source,
+                             same_person=r.same_person, identity=r.name, faces=[FaceOut(**r.face.face_dict())])
+        (na, da), (nb, db) = read([image_a, image_b])  # type: ignore[list-item]
+        v = model.verify((na, da), (nb, db), threshold=t.value)
+        return VerifyOut(score=v.score, threshold=t.value, threshold_source=t.source, same_person=v.same_person,
+                         faces=[FaceOut(**f.face_dict()) for f in v.faces])
 
     @app.post("/identify", response_model=IdentifyOut, tags=["recognition"])
-    def identify(image: Annotated[UploadFile, File(description="face to look up")],
-                 k: Annotated[int, Form(ge=1, le=100, description="how many identities to return")] = 5
+    def identify(image: Annotated[UploadFile, File(description="photo to look up (every face is identified)")],
+                 k: Annotated[int, Form(ge=1, le=100, description="how many identities to return per face")] = 5
                  ) -> IdentifyOut:
-        """1:N -- who in the gallery is this? 'unknown' when no identity reaches the threshold."""
-        (query,) = embed([image])
-        return IdentifyOut(**gallery.identify(query, threshold, k).to_dict())
+        """1:N -- who in the gallery is each face? 'unknown' when no identity reaches the 1:N threshold."""
+        t = threshold(IDENTIFICATION)
+        ((name, data),) = read([image])
+        results = gallery.identify((name, data), k, threshold=t.value, name=name)
+        return IdentifyOut(faces=[IdentifyFaceOut(**{**r.to_dict(), "threshold_source": t.source})
+                                  for r in results])
 
     @app.post("/enroll", response_model=EnrollOut, tags=["gallery"], dependencies=[Depends(require_token)])
     def enroll(name: Annotated[str, Form(min_length=1, max_length=128, description="identity name")],
                images: Annotated[list[UploadFile], File(description="one or more photos of this person")]
                ) -> EnrollOut:
-        """Add photos to an identity (created if new), all in one transaction."""
-        vectors = embed(images)
-        added = gallery.enroll(name, [(up.filename or "upload", v) for up, v in zip(images, vectors, strict=True)])
-        total = next(i.images for i in gallery.identities() if i.name == name.strip())
-        return EnrollOut(name=name.strip(), added=added, images=total)
+        """Add photos to an identity (created if new), all in one transaction; a photo without a face is refused."""
+        files = read(images)
+        r = gallery.enroll(name, files, names=[n for n, _ in files])
+        return EnrollOut(name=r.name, added=r.added, images=r.images)
 
     @app.delete("/identities/{name}", response_model=DeleteOut, tags=["gallery"],
                 dependencies=[Depends(require_token)])

@@ -22,8 +22,10 @@ async function call(path, options) {
 async function refresh() {
   try {
     const health = await call("health");
+    const t = health.thresholds.identification;
     $("health").textContent =
-      `model ${health.model_fingerprint.slice(0, 12)} | threshold ${health.threshold.toFixed(3)} | ` +
+      `model ${health.model_fingerprint.slice(0, 12)} | 1:N threshold ` +
+      `${t ? `${t.value.toFixed(3)} (${t.source})` : "not calibrated"} | ` +
       `${health.identities} identities, ${health.images} images`;
     const rows = (await call("identities")).map((identity) => {
       const tr = document.createElement("tr");
@@ -48,11 +50,32 @@ async function identify() {
   show("identify-result", "identifying...");
   try {
     const r = await call("identify", { method: "POST", body: form });
-    const lines = r.matches.map((m) => `${m.name}  ${m.score.toFixed(3)}`);
-    const nearest = r.nearest ? ` (nearest: ${r.nearest.name} ${r.nearest.score.toFixed(3)})` : "";
-    show("identify-result", r.known ? `identity: ${r.identity}\n${lines.join("\n")}` : `identity: unknown${nearest}`);
+    const text = r.faces.map((face, i) => {
+      const where = r.faces.length > 1 ? `face ${i + 1} at [${face.box.map(Math.round).join(", ")}]: ` : "";
+      const lines = face.matches.map((m) => `  ${m.name}  ${m.score.toFixed(3)}`);
+      const nearest = face.nearest ? ` (nearest: ${face.nearest.name} ${face.nearest.score.toFixed(3)})` : "";
+      return face.known ? `${where}identity: ${face.identity}\n${lines.join("\n")}` : `${where}identity: unknown${nearest}`;
+    });
+    show("identify-result", text.join("\n"));
   } catch (err) {
     show("identify-result", err.message, true);
+  }
+}
+
+async function verifyIdentity() {
+  const file = $("verify-file").files[0];
+  const name = $("verify-name").value.trim();
+  if (!file || !name) return show("verify-result", "choose a photo and enter a name", true);
+  const form = new FormData();
+  form.append("image_a", file);
+  form.append("identity", name);
+  show("verify-result", "verifying...");
+  try {
+    const r = await call("verify", { method: "POST", body: form });
+    show("verify-result", `${r.same_person ? "yes" : "no"}: score ${r.score.toFixed(3)}, threshold ` +
+      `${r.threshold.toFixed(3)} (${r.threshold_source})`);
+  } catch (err) {
+    show("verify-result", err.message, true);
   }
 }
 
@@ -77,4 +100,5 @@ async function enroll() {
 
 $("identify-button").addEventListener("click", identify);
 $("enroll-button").addEventListener("click", enroll);
+$("verify-button").addEventListener("click", verifyIdentity);
 refresh();
