@@ -41,8 +41,11 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     root: str = ""
-    input_size: int = 112
-    batch_size: int = 64
+    #: square input side; 64 keeps a from-scratch run on a few hundred photos to minutes on a CPU (see
+    #: docs/training.md, "From-scratch defaults")
+    input_size: int = 64
+    #: 32 gives a few-hundred-image folder ~7 optimizer steps per epoch (64 gave 3: too few steps to learn)
+    batch_size: int = 32
     #: how batches are drawn: "auto" (P x K batches if the loss needs several images per identity, else shuffled),
     #: "random" (shuffle) or another registered sampler (see facelab.data.sampler)
     sampler: str = "auto"
@@ -69,9 +72,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"
-    embedding_dim: int = 512
-    #: channels of the first stage; later stages double it (ResNet) or scale it (others)
-    width: int = 64
+    embedding_dim: int = 128
+    #: channels of the first stage; later stages double it (ResNet) or scale it (others); 64 = the papers' networks
+    width: int = 32
     #: dropout before the embedding layer
     dropout: float = 0.0
     #: extra keyword arguments for the chosen backbone
@@ -91,8 +94,8 @@ class OptimConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    epochs: int = 20
-    warmup_epochs: float = 1.0
+    epochs: int = 40
+    warmup_epochs: float = 2.0
     #: final learning rate as a fraction of ``lr`` at the end of the cosine schedule
     min_lr_ratio: float = 0.0
     #: clip the global gradient norm (0 = off)
