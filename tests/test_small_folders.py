@@ -146,3 +146,12 @@ def test_an_epoch_of_exact_zero_loss_stops_the_run(twelve_by_three: Path, tmp_pa
     assert msg.startswith(f"loss '{loss}' was exactly 0 in every batch of epoch 1: ") and why in msg
     assert "no checkpoint was written" in msg and "\n" not in msg
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_mid_epoch_sums_from_an_older_checkpoint_never_make_an_epoch_look_empty() -> None:
+    from facelab.engine.trainer import EpochTally
+
+    old = EpochTally.from_list([3.0, 2.0, 8.0, 0.0], seconds=1.5)  # 4 sums: written before the zero-loss check
+    assert (old.nonzero, old.terms, old.counted, old.seconds) == (1.0, 0.0, 0.0, 1.5)
+    new = EpochTally(0.0, 0.0, 8.0, 8.0, 0.0, 0.0, 2.0)
+    assert EpochTally.from_list(new.as_list(), seconds=0.0).as_list() == new.as_list()

@@ -101,10 +101,10 @@ class EpochTally:
 
     @classmethod
     def from_list(cls, values: list[float], seconds: float) -> EpochTally:
-        values = [*values, 0.0, 0.0, 0.0][:7]  # a checkpoint from before the last three sums
-        if len(values) == 7 and values[4] == 0 and values[2] > 0:
-            values[4] = 1.0  # unknown: do not call the epoch empty
-        return cls(*values, seconds=seconds)
+        values = list(values)
+        if len(values) == 4:  # a checkpoint from before the last three sums: whether a loss was non-zero is unknown,
+            values += [1.0 if values[2] > 0 else 0.0, 0.0, 0.0]  # so do not call the epoch empty
+        return cls(*values[:7], seconds=seconds)
 
 
 def _validate(cfg: TrainConfig, world: int) -> None:
@@ -503,7 +503,7 @@ class _Run:
         """An epoch whose every batch had loss exactly 0 trained nothing: say why and stop, keeping the last
         checkpoint, rather than log it as an epoch of training."""
         name = self.cfg.loss.name
-        kept = (f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written")
+        kept = "the last checkpoint is kept" if self.ckpt_path.is_file() else "no checkpoint was written"
         if no_terms:
             raise FacelabError(
                 f"loss '{name}' was exactly 0 in every batch of epoch {epoch + 1}: no batch held a valid pair or "

@@ -1,0 +1,171 @@
+"""Does ``facelab train --data DIR`` (nothing else) learn from scratch? The old and the new defaults, side by side.
+
+Datasets (built once under ``--work`` from ``../shared/data``; nothing is downloaded):
+
+* ``orl``: the bundled ORL faces, 40 identities x 10 greyscale images (the demo's folder, default split);
+* ``lfw40``: the 40 LFW (deep-funneled) identities with the most images, at most 60 each (seeded sample), centre
+  120-pixel crop of the 250x250 frame (the face; the rest is background), colour JPEG;
+* ``lfw38x10``: 38 other LFW identities with at least 10 images, 10 each, same crop, greyscale -- a few hundred
+  face crops, like the Extended Yale B folder a user tried.
+
+Recipes: ``old`` pins the defaults before this change (ResNet-18 width 64 at 112 px, 512-d, ArcFace s=64 m=0.5 from
+the first step, SGD lr 0.1, batch 64, 20 epochs); ``new`` passes nothing but the data folder, so it measures the
+library's current defaults. ``--candidate NAME "key=value key=value"`` adds a recipe (used to choose the defaults).
+
+Every run is the default split (a quarter of the identities unseen, up to 2 images of each other identity held out),
+then ``facelab eval``'s protocol. Writes ``<out>/default_recipe.json`` and ``.md``; a finished run
+(``<out>/<dataset>/<recipe>/bench.json``) is reused, so the comparison can be stopped and continued.
+
+    nice -n 10 .venv/bin/python benchmarks/default_recipe.py --out runs/default_recipe --set threads=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facelab.config import load_config
+from facelab.demo import bundled_faces
+from facelab.engine import train
+from facelab.evaluation.protocol import evaluate
+from facelab.images import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+#: ../shared beside the repo (as in CI), or two levels up from a worktree
+LFW = next((p / "shared" / "data" / "lfw_deepfunneled" for p in (REPO.parent, REPO.parent.parent)
+            if (p / "shared" / "data" / "lfw_deepfunneled").is_dir()), REPO.parent / "shared" / "data" / "lfw")
+
+OLD = ["data.input_size=112", "data.batch_size=64", "model.backbone=resnet18", "model.width=64",
+       "model.embedding_dim=512", "loss.name=arcface", "loss.options={scale: 64.0, margin: 0.5}", "optim.lr=0.1",
+       "optim.epochs=20", "optim.warmup_epochs=1", "data.sampler=random"]
+RECIPES: dict[str, list[str]] = {"old": OLD, "new": []}
+CROP = 120
+
+
+def _identities(lfw: Path) -> dict[str, list[Path]]:
+    return {d.name: sorted(d.iterdir()) for d in sorted(lfw.iterdir()) if d.is_dir()}
+
+
+def _write(src: Path, dst: Path, grey: bool) -> None:
+    if dst.exists():
+        return
+    image = read_image(src)
+    lo = (image.width - CROP) // 2, (image.height - CROP) // 2
+    face = image.crop((lo[0], lo[1], lo[0] + CROP, lo[1] + CROP))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".part")
+    (face.convert("L") if grey else face).save(tmp, format="JPEG", quality=95)
+    tmp.replace(dst)
+
+
+def build_lfw(lfw: Path, work: Path) -> dict[str, Path]:
+    """The two LFW folders (idempotent: existing files are kept)."""
+    ids = _identities(lfw)
+    ranked = sorted(ids, key=lambda n: (-len(ids[n]), n))
+    rng = random.Random(0)
+    top = ranked[:40]
+    for name in top:
+        images = ids[name] if len(ids[name]) <= 60 else sorted(rng.sample(ids[name], 60))
+        for img in images:
+            _write(img, work / "lfw40" / name / img.name, grey=False)
+    others = sorted(n for n in ranked[40:] if len(ids[n]) >= 10)
+    for name in sorted(rng.sample(others, 38)):
+        for img in sorted(rng.sample(ids[name], 10)):
+            _write(img, work / "lfw38x10" / name / img.name, grey=True)
+    return {"lfw40": work / "lfw40", "lfw38x10": work / "lfw38x10"}
+
+
+def _tar_at(report: dict[str, Any], far: float) -> float | None:
+    for op in report["tar_at_far"]:
+        if abs(op["far_target"] - far) < 1e-12:
+            return op["tar"] if op["reliable"] else None
+    return None
+
+
+def run_one(data: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    done = run_dir / "bench.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an unfinished run: start again so the time column covers a whole run
+        shutil.rmtree(run_dir)
+    cfg = load_config(None, [f"data.root={data}", f"out_dir={run_dir}", *overrides])
+    t0 = time.perf_counter()
+    result = train(cfg, quiet=True)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate(run_dir, quiet=True)
+    verification = metrics["open_set"]["verification"]
+    row = {"closed_top1": metrics["closed_set"]["top1"], "open_auc": verification["roc_auc"],
+           "eer": verification["eer"], "tar_far_1e-2": _tar_at(verification, 1e-2),
+           "open_rank1": metrics["open_set"]["identification"]["rank1"], "train_seconds": seconds,
+           "epochs": len(result.history), "final_loss": result.history[-1]["loss"],
+           "final_train_acc": result.history[-1]["train_acc"], "overrides": overrides,
+           "recipe": {"input_size": cfg.data.input_size, "batch_size": cfg.data.batch_size,
+                      "width": cfg.model.width, "embedding_dim": cfg.model.embedding_dim, "loss": cfg.loss.name,
+                      "loss_options": cfg.loss.options, "lr": cfg.optim.lr, "epochs": cfg.optim.epochs}}
+    done.write_text(json.dumps(row, indent=2))
+    return row
+
+
+COLUMNS = ("dataset", "recipe", "closed-set top-1", "open-set AUC", "EER", "TAR@FAR=1e-2", "rank-1 (open)",
+           "epochs", "train s")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [r["dataset"], r["name"], _fmt(r["closed_top1"]), _fmt(r["open_auc"]), _fmt(r["eer"]),
+                 _fmt(r["tar_far_1e-2"]), _fmt(r["open_rank1"]), str(r["epochs"]), f"{r['train_seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/default_recipe", help="folder for the runs and the tables")
+    parser.add_argument("--work", default=None, help="where the LFW folders are built (default: <out>/data)")
+    parser.add_argument("--lfw", default=str(LFW), help="lfw_deepfunneled folder")
+    parser.add_argument("--datasets", nargs="+", default=["orl", "lfw38x10", "lfw40"])
+    parser.add_argument("--recipes", nargs="+", default=["old", "new"], help="recipes to run (old, new, candidates)")
+    parser.add_argument("--candidate", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
+                        help='extra recipe: a name and space-separated key=value overrides')
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override applied to every run, e.g. threads=2")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    recipes = dict(RECIPES)
+    for name, text in args.candidate:
+        recipes[name] = text.split()
+    folders = {"orl": bundled_faces()}
+    if set(args.datasets) & {"lfw40", "lfw38x10"}:
+        folders.update(build_lfw(Path(args.lfw), Path(args.work) if args.work else out / "data"))
+    rows = []
+    for dataset in args.datasets:
+        for name in args.recipes:
+            print(f"[default_recipe] {dataset}: {name} ...", file=sys.stderr, flush=True)
+            row = run_one(folders[dataset], out / dataset / name, [*recipes[name], *args.overrides])
+            rows.append({"dataset": dataset, "name": name, **row})
+            print(f"[default_recipe] {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "threads": torch.get_num_threads(), "overrides": args.overrides}
+    (out / "default_recipe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    table = markdown(rows)
+    (out / "default_recipe.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
