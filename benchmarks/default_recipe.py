@@ -13,7 +13,8 @@ the first step, SGD lr 0.1, batch 64, 20 epochs); ``new`` passes nothing but the
 library's current defaults. ``--candidate NAME "key=value key=value"`` adds a recipe (used to choose the defaults).
 
 Every run is the default split (a quarter of the identities unseen, up to 2 images of each other identity held out),
-then ``facelab eval``'s protocol. Writes ``<out>/default_recipe.json`` and ``.md``; a finished run
+then ``facelab eval``'s protocol. Writes ``<out>/default_recipe.json``, ``.md`` and ``.png`` (closed-set top-1 and
+open-set AUC per dataset and recipe); a finished run
 (``<out>/<dataset>/<recipe>/bench.json``) is reused, so the comparison can be stopped and continued.
 
     nice -n 10 .venv/bin/python benchmarks/default_recipe.py --out runs/default_recipe --set threads=2
@@ -132,6 +133,29 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from facelab.utils.plotting import plt, save_figure
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    recipes = list(dict.fromkeys(r["name"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / max(1, len(recipes))
+    for ax, key, title in zip(axes, ("closed_top1", "open_auc"), ("closed-set top-1", "open-set ROC AUC"),
+                              strict=True):
+        for j, name in enumerate(recipes):
+            values = [next((r[key] for r in rows if r["dataset"] == d and r["name"] == name), None)
+                      for d in datasets]  # None: not run (no bar, no label)
+            bars = ax.bar([i + j * width for i in range(len(datasets))],
+                          [float("nan") if v is None else v for v in values], width, label=name)
+            ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=8)
+        ax.set_xticks([i + width * (len(recipes) - 1) / 2 for i in range(len(datasets))], datasets)
+        ax.set_ylim(0, 1.08)
+        ax.set_title(title)
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("facelab train --data DIR: defaults before and after")
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/default_recipe", help="folder for the runs and the tables")
@@ -163,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "default_recipe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown(rows)
     (out / "default_recipe.md").write_text(table + "\n")
+    plot(rows, out / "default_recipe.png")
     print(table)
     return 0
 
