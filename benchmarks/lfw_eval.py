@@ -20,7 +20,8 @@ from facelab.inference.model import load_model
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt")
+    ap.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt, or the CSV of all 10 folds that "
+                    "lfw_eval_prep.py writes (pairs_folds_1-10.csv)")
     ap.add_argument("--crops", type=Path, required=True, help="image root the pairs resolve in (the crops)")
     ap.add_argument("--run-a", type=Path, required=True, help="run that scores folds 1-5 (trained on 6-10)")
     ap.add_argument("--run-b", type=Path, required=True, help="run that scores folds 6-10 (trained on 1-5)")
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--scores", default="cosine,squared_l2", help="fixed score types to report")
     args = ap.parse_args()
     pairs = read_pairs(args.pairs, args.crops)
+    pairs.folds = pairs.folds - pairs.folds.min()  # pairs.txt folds count from 0, a CSV's fold column from 1
     embs, first, second = [], np.zeros(len(pairs), int), np.zeros(len(pairs), int)
     offset, calls = 0, 0
     for run, half in ((args.run_a, range(0, 5)), (args.run_b, range(5, 10))):

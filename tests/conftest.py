@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: ../shared/data beside the repo; FACELAB_SHARED_DATA points elsewhere (a git worktree that does not sit beside it)
+SHARED_DATA = Path(os.environ.get("FACELAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _crop_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Aligned-crop caches (facelab.faces.cache) go to a folder of this test session, never to ~/.cache."""
+    os.environ["FACELAB_CACHE"] = str(tmp_path_factory.mktemp("facelab-cache"))
 
 
 @pytest.fixture(scope="session")

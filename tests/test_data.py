@@ -55,7 +55,8 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
         scan_folder(tmp_path / "empty")
     (tmp_path / "empty" / "alice").mkdir()
     (tmp_path / "empty" / "alice" / "a.txt").write_text("x")
-    with pytest.raises(FacelabError, match=r"no identity folders with images.*1 file\(s\) ignored, not images \(alice/a\.txt\)"):
+    with pytest.raises(FacelabError,
+                       match=r"no identity folders with images.*1 file\(s\) ignored, not images \(alice/a\.txt\)"):
         scan_folder(tmp_path / "empty")
 
 

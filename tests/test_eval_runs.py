@@ -185,3 +185,32 @@ def test_cli_calibrate_then_identify_eval_and_pairs(tiny_run: Path, orl_root: Pa
     out = capsys.readouterr().out
     assert "cosine" in out and "squared_l2" in out and "deepface" in out
     assert main(["pairs", str(tiny_run), "--pairs", str(tmp_path / "missing.csv")]) == 2
+
+
+@pytest.mark.slow
+def test_cli_pairs_reads_kaggle_csvs_like_the_lfw_txt(tiny_run: Path, orl_root: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The Kaggle match/mismatch CSVs (one given, its sibling found) and the LFW View 1 .txt of the same pairs give
+    the same figures; images live where Kaggle keeps them (lfw-deepfunneled/lfw-deepfunneled/)."""
+    images = tmp_path / "lfw-deepfunneled" / "lfw-deepfunneled"
+    for i in range(31, 41):  # ORL images under LFW names: the gate reads them by content
+        _copy(orl_root, images / f"P{i}", f"s{i}", [1, 2], name=f"P{i}_000{{n}}.jpg")
+    matched = [(f"P{i}", "1", "2") for i in range(31, 41)]
+    mismatched = [(f"P{i}", "1", f"P{i + 1}", "2") for i in range(31, 40)] + [("P40", "1", "P31", "2")]
+    (tmp_path / "matchpairsDevTest.csv").write_text(
+        "name,imagenum1,imagenum2\n" + "".join(",".join(r) + "\n" for r in matched))
+    (tmp_path / "mismatchpairsDevTest.csv").write_text(
+        "name,imagenum1,name,imagenum2\n" + "".join(",".join(r) + "\n" for r in mismatched))
+    (tmp_path / "pairsDevTest.txt").write_text(
+        "10\n" + "".join("\t".join(r) + "\n" for r in matched + mismatched))
+    common = ["--folds", "5", "--scores", "cosine", "--quiet"]
+    assert main(["pairs", str(tiny_run), "--pairs", str(tmp_path / "matchpairsDevTest.csv"), *common,
+                 "--out", str(tmp_path / "k")]) == 0
+    assert main(["pairs", str(tiny_run), "--pairs", str(tmp_path / "pairsDevTest.txt"), "--data", str(images),
+                 *common, "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    kaggle = json.loads((tmp_path / "k" / "pairs.json").read_text())["scorers"]["cosine"]
+    txt = json.loads((tmp_path / "t" / "pairs.json").read_text())["scorers"]["cosine"]
+    assert kaggle["kfold"]["accuracy_mean"] == txt["kfold"]["accuracy_mean"]
+    assert kaggle["verification"]["roc_auc"] == txt["verification"]["roc_auc"]
+    assert kaggle["kfold"]["folds"] == 5

@@ -30,7 +30,7 @@ def model():  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def client(model, tmp_path: Path) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     gallery = FaceGallery(tmp_path / "g.db", model)
-    with TestClient(create_app(gallery, TOKEN, max_upload_bytes=LIMIT)) as c:
+    with TestClient(create_app(gallery, TOKEN, max_upload_bytes=LIMIT), base_url="http://localhost") as c:
         yield c
 
 
@@ -45,7 +45,7 @@ def enroll(client: TestClient, name: str, files: list[Path], headers: dict[str, 
 def test_enroll_identify_list_delete_round_trip(client: TestClient, orl_root: Path) -> None:
     alice = face_files(orl_root, "s1", 3)
     r = enroll(client, "alice", alice[:2])
-    assert r.status_code == 200 and r.json() == {"name": "alice", "added": 2, "images": 2}
+    assert r.status_code == 200 and r.json() == {"name": "alice", "added": 2, "images": 2, "duplicates": []}
     assert enroll(client, "alice", alice[2:]).json()["images"] == 3
     assert client.get("/identities").json()[0]["name"] == "alice"
     r = client.post("/identify", files=[upload(alice[1], "image")], data={"k": "3"})
@@ -92,7 +92,7 @@ def test_writes_need_the_token(client: TestClient, orl_root: Path) -> None:
 
 def test_read_only_service_refuses_every_write(model, tmp_path: Path, orl_root: Path) -> None:  # type: ignore[no-untyped-def]
     gallery = FaceGallery(tmp_path / "ro.db", model)
-    with TestClient(create_app(gallery, token=None)) as c:
+    with TestClient(create_app(gallery, token=None), base_url="http://localhost") as c:
         r = enroll(c, "eve", face_files(orl_root, "s3", 1), headers={"Authorization": "Bearer anything"})
         assert r.status_code == 403 and "disabled" in r.json()["detail"]
         assert c.get("/health").json()["writes_enabled"] is False
@@ -143,7 +143,7 @@ def test_refuses_a_gallery_of_another_model(model, tmp_path: Path) -> None:  # t
 
 def test_a_missing_threshold_is_a_clear_422(tmp_path: Path, orl_root: Path) -> None:
     gallery = FaceGallery(tmp_path / "g.db", tiny_model(threshold=None))
-    with TestClient(create_app(gallery, TOKEN)) as c:
+    with TestClient(create_app(gallery, TOKEN), base_url="http://localhost") as c:
         r = c.post("/identify", files=[upload(face_files(orl_root, "s1", 1)[0], "image")])
         assert r.status_code == 422 and "no identification threshold" in r.json()["detail"]
         assert c.get("/health").json()["thresholds"] == {"verification": None, "identification": None}

@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,14 @@ class DevTools:
         self.call("DOM.setFileInputFiles", nodeId=node, files=[str(f) for f in files])
 
 
-@pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def serving(model: Any, db: Path) -> Iterator[str]:
+    """Serve a gallery at ``db`` with ``model`` on a free loopback port; yields the page URL."""
     uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed")
     from facelab.serving.recognition import FaceGallery
     from facelab.serving.service import create_app
 
-    gallery = FaceGallery(tmp_path / "g.db", tiny_model(threshold=0.9999))
+    gallery = FaceGallery(db, model)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(gallery, TOKEN), log_level="warning"))
@@ -92,10 +94,18 @@ def server(tmp_path: Path) -> Iterator[str]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    with serving(tiny_model(threshold=0.9999), tmp_path / "g.db") as url:
+        yield url
 
 
 @pytest.fixture()
@@ -147,7 +157,7 @@ def test_enroll_and_identify_through_the_web_page(server: str, browser: DevTools
     browser.js("document.getElementById('identify-button').click()")
     text = browser.wait_for("document.getElementById('identify-result').textContent.startsWith('identity:') && "
                             "document.getElementById('identify-result').textContent")
-    assert text.splitlines()[0] == "identity: alice" and text.splitlines()[1].startswith("alice  1.000")
+    assert text.splitlines()[0] == "identity: alice" and text.splitlines()[1].strip().startswith("alice  1.000")
 
     browser.set_files("#identify-file", stranger)
     browser.js("document.getElementById('identify-result').textContent = ''")
@@ -186,3 +196,49 @@ def test_facelab_serve_starts_on_loopback_and_protects_writes(tmp_path: Path) ->
                             timeout=10).status_code == 404
     finally:
         stop(proc)
+
+
+def test_the_page_draws_each_face_with_its_name_and_score(tmp_path: Path, browser: DevTools, orl_root: Path) -> None:
+    """A photo with two faces: the page draws the photo with one box per face, labelled with the name (or
+    'unknown') and score the service returned, in the photo's coordinates."""
+    import torch
+    from scenes import background, paste
+    from test_serving_support import TINY_MODEL
+
+    from facelab.config import to_dict
+    from facelab.images import read_image
+    from facelab.inference.model import FaceModel
+    from facelab.inference.spec import InputSpec
+    from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
+    from facelab.models import build_backbone
+
+    torch.manual_seed(0)
+    model = FaceModel.from_module(build_backbone(TINY_MODEL, 64), to_dict(TINY_MODEL),
+                                  InputSpec(input_size=64, align="yunet"),
+                                  thresholds=Thresholds(Threshold(VERIFICATION, 0.5, "test"),
+                                                        Threshold(IDENTIFICATION, 0.999, "test")),
+                                  source="random", kind="module", device="cpu")
+    photo = tmp_path / "two.png"
+    scene = paste(read_image(orl_root / "s1" / "1.pgm"), background(seed=1), 40, 60, 2.0)
+    paste(read_image(orl_root / "s5" / "1.pgm"), scene, 400, 150, 2.0).save(photo)
+    with serving(model, tmp_path / "g.db") as url:
+        from facelab.serving.recognition import FaceGallery
+
+        with FaceGallery(tmp_path / "g.db", model) as g:
+            g.enroll("alice", [photo])  # the policy's face (the first) of the same photo: alice
+        browser.call("Page.navigate", url=url)
+        browser.wait_for("document.getElementById('health')?.textContent.includes('1 identities')")
+        browser.set_files("#identify-file", [photo])
+        browser.js("document.getElementById('identify-button').click()")
+        drawn = json.loads(browser.wait_for("!document.getElementById('identify-canvas').hidden && "
+                                            "document.getElementById('identify-canvas').dataset.faces"))
+        size = browser.js("[document.getElementById('identify-canvas').width, "
+                          "document.getElementById('identify-canvas').height]")
+        # the box's top-left corner pixel has the frame's colour (green: known, orange: unknown)
+        corner = browser.js(f"Array.from(document.getElementById('identify-canvas').getContext('2d')"
+                            f".getImageData({round(drawn[0]['box'][0])}, {round(drawn[0]['box'][1] + 3)}, 1, 1).data)")
+    assert size == [640, 480]  # drawn at the photo's size (<= 720 px)
+    assert len(drawn) == 2 and all(len(f["box"]) == 4 for f in drawn)
+    labels = sorted(f["label"] for f in drawn)
+    assert labels[0].startswith("alice 1.00") and labels[1].startswith("unknown ")
+    assert corner[:3] in ([27, 158, 62], [217, 72, 15])

@@ -19,10 +19,13 @@ HEIC/HEIF (phones' camera format) is read through ``pi-heif`` when it is install
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -49,6 +52,27 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_PIXELS_ENV = "FACELAB_MAX_PIXELS"
 #: EXIF tag number of Orientation
 ORIENTATION_TAG = 0x0112
+#: ``warnings.catch_warnings`` swaps a process-wide filter list: two threads interleaving it can leave one thread's
+#: temporary filters installed for good, so the gate's (header-only, fast) uses of it take turns
+_WARNINGS_LOCK = threading.Lock()
+#: called with (width, height, mode) after the size check and before any pixel is decoded (see
+#: :class:`facelab.serving.limits.DecodeBudget`): it may block, or raise an :class:`ImageError` to refuse
+HeaderHook = Callable[[int, int, str], None]
+#: (cap, header hook) in force for this thread / task when a call gives none (see :func:`decode_limits`)
+_LIMITS: contextvars.ContextVar[tuple[int | None, HeaderHook | None]] = contextvars.ContextVar(
+    "facelab_decode_limits", default=(None, None))
+
+
+@contextmanager
+def decode_limits(cap: int | None = None, on_header: HeaderHook | None = None) -> Iterator[None]:
+    """Within this block (this thread or task only) every decode through the gate uses ``cap`` and ``on_header``
+    unless the call gives its own: how the HTTP service applies its pixel cap and decode-memory budget to decodes
+    that happen deep inside the model and the gallery."""
+    token = _LIMITS.set((cap, on_header))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
 
 #: anything :func:`read_image` accepts: a path, encoded bytes, (name, bytes), a PIL image or an (H, W[, C]) array
 ImageInput = Union[str, os.PathLike, bytes, bytearray, tuple[str, bytes], Image.Image, np.ndarray]  # noqa: UP007
@@ -133,33 +157,58 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _open_checked(fh: IO[bytes], name: str, cap: int) -> tuple[Image.Image, ImageMeta]:
-    """Open ``fh`` once with the format allow-list, check the header's size, decode that same object."""
+def _pillow_limit() -> int | None:
+    """Pixels above which Pillow itself refuses to open an image (``2 * Image.MAX_IMAGE_PIXELS``), or None."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def _open_header(fh: IO[bytes], name: str, cap: int) -> Image.Image:
+    """Open ``fh`` with the format allow-list (header only, no pixels) and check its size against ``cap``.
+
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that; its warning is silenced here (the
+    size check just below is the one in force, so a cap raised above Pillow's warning level works) and its refusal
+    becomes :class:`ImageTooLarge`."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fh, formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"{name} declares more pixels than the limit of {cap:,}") from None
+    except Image.DecompressionBombError:
+        limit = _pillow_limit()
+        shown = cap if limit is None else min(cap, limit)
+        raise ImageTooLarge(f"{name} declares more pixels than the limit of {shown:,} ({MAX_PIXELS_ENV})") from None
     except UnidentifiedImageError:
         raise UnsupportedImage(f"{name} is not a supported image ({FORMAT_NAMES})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnreadableImage(f"{name} is not a readable image: {_first_line(exc)}") from None
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        im.close()
+        raise UnreadableImage(f"{name} has an empty size {width}x{height}")
+    if width * height > cap:
+        im.close()
+        raise ImageTooLarge(f"{name} is {width}x{height} pixels; the limit is {cap:,} ({MAX_PIXELS_ENV})")
+    return im
+
+
+def _open_checked(fh: IO[bytes], name: str, cap: int, on_header: HeaderHook | None = None
+                  ) -> tuple[Image.Image, ImageMeta]:
+    """Open ``fh`` once with the format allow-list, check the header's size, decode that same object."""
+    im = _open_header(fh, name, cap)
     out: Image.Image | None = None
     try:
-        width, height = im.size
-        if width <= 0 or height <= 0:
-            raise UnreadableImage(f"{name} has an empty size {width}x{height}")
-        if width * height > cap:
-            raise ImageTooLarge(f"{name} is {width}x{height} pixels; the limit is {cap:,} ({MAX_PIXELS_ENV})")
         fmt = str(im.format)
         try:
-            with warnings.catch_warnings():
+            with _WARNINGS_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Pillow warns on odd-but-valid EXIF; we only need the tag
                 orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+        except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
+            raise UnreadableImage(f"cannot decode {name}: {_first_line(exc)}") from None
+        if orientation not in range(1, 9):
+            orientation = 1
+        if on_header is not None:
+            on_header(im.width, im.height, im.mode if orientation == 1 else f"{im.mode}+rotate")
+        try:
             im.load()
-            if orientation not in range(1, 9):
-                orientation = 1
             out = _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             raise UnreadableImage(f"cannot decode {name}: {_first_line(exc)}") from None
@@ -194,11 +243,14 @@ def _from_array(arr: np.ndarray, name: str, cap: int) -> Image.Image:
     return _to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode))
 
 
-def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = None) -> tuple[Image.Image, ImageMeta]:
+def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = None,
+               on_header: HeaderHook | None = None) -> tuple[Image.Image, ImageMeta]:
     """Decode ``src`` through the gate: (8-bit RGB PIL image, what was done).
 
     ``src`` is a path, encoded bytes, a ``(name, bytes)`` tuple, a PIL image or a numpy array (see
     :func:`_from_array`). In-memory PIL images and arrays are taken as they are (no EXIF, no format check).
+    ``on_header(width, height, mode)`` is called for encoded inputs once the header passed the size check and
+    before any pixel is decoded (the HTTP service uses it to bound the memory of concurrent decodes).
 
     Raises:
         ImageNotFound: no such file.
@@ -207,6 +259,9 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
         UnreadableImage: a supported format that fails to decode (truncated, corrupt).
     """
     label = source_name(src, name)
+    scoped_cap, scoped_hook = _LIMITS.get()
+    cap = scoped_cap if cap is None else cap
+    on_header = scoped_hook if on_header is None else on_header
     limit = max_pixels() if cap is None else cap
     if isinstance(src, Image.Image):
         if src.width * src.height > limit:
@@ -219,7 +274,7 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
     if isinstance(src, tuple):
         src = src[1]
     if isinstance(src, bytes | bytearray | memoryview):
-        return _open_checked(io.BytesIO(bytes(src)), label, limit)
+        return _open_checked(io.BytesIO(bytes(src)), label, limit, on_header)
     path = Path(src)
     try:
         fh = open(path, "rb")  # noqa: SIM115  (closed below; Pillow reads lazily from it)
@@ -230,12 +285,13 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
     except OSError as exc:
         raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
     with fh:
-        return _open_checked(fh, label, limit)
+        return _open_checked(fh, label, limit, on_header)
 
 
-def read_image(src: ImageInput, name: str | None = None, *, cap: int | None = None) -> Image.Image:
+def read_image(src: ImageInput, name: str | None = None, *, cap: int | None = None,
+               on_header: HeaderHook | None = None) -> Image.Image:
     """:func:`open_image` without the metadata: an 8-bit RGB PIL image, or an :class:`ImageError`."""
-    return open_image(src, name, cap=cap)[0]
+    return open_image(src, name, cap=cap, on_header=on_header)[0]
 
 
 def peek(path: str | Path, name: str | None = None, *, cap: int | None = None) -> tuple[str | None, ImageError | None]:
@@ -243,24 +299,10 @@ def peek(path: str | Path, name: str | None = None, *, cap: int | None = None) -
     checks, else (None, the error decoding would raise): :class:`UnsupportedImage` for what is not an accepted
     image at all, :class:`UnreadableImage` for a damaged one, :class:`ImageTooLarge` for a bomb. Nothing is
     decoded, so choosing a folder's files costs one header read each."""
-    label = name or str(path)
-    limit = max_pixels() if cap is None else cap
     try:
-        with open(path, "rb") as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(fh, formats=ALLOWED_FORMATS) as im:
-                w, h = im.size
-                if w * h > limit:
-                    return None, ImageTooLarge(f"{label} is {w}x{h} pixels; the limit is {limit:,} ({MAX_PIXELS_ENV})")
-                return str(im.format), None
-    except UnidentifiedImageError:
-        return None, UnsupportedImage(f"{label} is not a supported image ({FORMAT_NAMES})")
-    except Image.DecompressionBombError:
-        return None, ImageTooLarge(f"{label} declares more pixels than the limit of {limit:,}")
-    except FileNotFoundError:
-        return None, ImageNotFound(f"image not found: {label}")
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        return None, UnreadableImage(f"{label} is not a readable image: {_first_line(exc)}")
+        return header_check(path, name, cap), None
+    except ImageError as exc:
+        return None, exc
 
 
 def sniff_format(path: str | Path) -> str | None:
@@ -275,6 +317,27 @@ def _check(src: ImageInput, name: str | None = None) -> ImageError | None:
     except ImageError as exc:
         return exc
     return None
+
+
+def header_check(path: str | Path, name: str | None = None, cap: int | None = None) -> str:
+    """The format of the image at ``path`` from its header alone (nothing decoded), after the same format and size
+    checks as :func:`open_image` (:func:`peek` without raising).
+
+    Raises:
+        ImageError: as :func:`open_image` (an image over the cap is :class:`ImageTooLarge`, not "not an image").
+    """
+    label = name or str(path)
+    limit = max_pixels() if cap is None else cap
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise ImageNotFound(f"image not found: {label}") from None
+    except IsADirectoryError:
+        raise UnsupportedImage(f"{label} is a folder, not an image") from None
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
+    with fh, _open_header(fh, label, limit) as im:
+        return str(im.format)
 
 
 def check_image(src: ImageInput, name: str | None = None) -> str | None:

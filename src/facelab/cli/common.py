@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,17 +37,8 @@ def open_model(args: argparse.Namespace, device: str | None = None) -> Any:
                       accept_licence=getattr(args, "accept_licence", False))
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf become null: JSON has no such numbers, and a bare NaN breaks strict parsers."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def dumps(obj: Any) -> str:
-    """Strict JSON (never a bare NaN or Infinity)."""
-    return json.dumps(_finite(obj), allow_nan=False)
+    """Strict JSON (never a bare NaN or Infinity): :func:`facelab.utils.strict_json.dumps_json`."""
+    from facelab.utils.strict_json import dumps_json
+
+    return dumps_json(obj)

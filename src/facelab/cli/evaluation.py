@@ -30,16 +30,19 @@ def _add_embed_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_pairs(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pairs", help="1:1 verification on a pair list (LFW pairs.txt, CSV, insightface .bin)",
+    p = sub.add_parser("pairs", help="1:1 verification on a pair list (LFW pairs.txt, Kaggle LFW CSVs, CSV, .bin)",
                        description="Embed every image of a pair list (cached), then per score type: k-fold accuracy "
                        "(threshold chosen on the other folds, mean and std), ROC AUC, EER, TAR at FAR 1e-1..1e-6 with "
-                       "thresholds. Writes pairs.json, pairs.md, ROC/DET/histogram PNGs.")
+                       "thresholds. Writes pairs.json, pairs.md, ROC/DET/histogram PNGs. Lists without folds (View 1 "
+                       "pairsDevTest.txt, Kaggle match/mismatch CSVs) are cut into --folds blocks per class.")
     add_model_argument(p)
-    p.add_argument("--pairs", required=True, metavar="FILE",
-                   help="pairs.txt (LFW), .csv (img1,img2,label[,fold]) or insightface .bin")
+    p.add_argument("--pairs", required=True, action="append", metavar="FILE",
+                   help="pairs.txt / pairsDevTest.txt (LFW), Kaggle LFW pairs.csv or matchpairsDevTest.csv + "
+                   "mismatchpairsDevTest.csv (repeat --pairs, or give one: its sibling beside it is read too), "
+                   ".csv (img1,img2,label[,fold]) or insightface .bin")
     p.add_argument("--data", metavar="ROOT", help="folder the pair list's image paths are relative to "
                    "(default: the pair file's folder)")
-    p.add_argument("--format", help="pair-list format if the suffix does not say: lfw, csv, bin, hw2p2")
+    p.add_argument("--format", help="pair-list format if the suffix does not say: lfw, kaggle, csv, bin, hw2p2")
     p.add_argument("--scores", default="cosine,squared_l2,deepface",
                    help="comma-separated scorers: cosine, squared_l2, deepface (chi-square + linear SVM); "
                    "default all three")

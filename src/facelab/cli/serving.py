@@ -119,9 +119,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _gallery_arg(g, positional=True)
     _json_arg(g)
     g = gsub.add_parser("check", help="verify database integrity (and the thresholds a model would use)",
-                        description="Run SQLite's integrity check and facelab's (every image has an embedding of the "
-                        "right size). With --model, also check that the model matches the gallery and report the "
-                        "thresholds decisions would use, and why.")
+                        description="Run SQLite's integrity check and facelab's: every image has an embedding of the "
+                        "right size, finite and of unit length, and every embedding has an image (read-only: works "
+                        "on read-only media). With --model, also check that the model matches the gallery and "
+                        "report the thresholds decisions would use, and why.")
     _gallery_arg(g, positional=True)
     g.add_argument("--model", "--bundle", dest="model", metavar="MODEL", help="model to check against the gallery")
     g = gsub.add_parser("remove", help="delete an identity", description="Delete an identity with its images and "
@@ -130,9 +131,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("name", metavar="NAME", help="identity to delete")
 
     p = sub.add_parser("serve", help="HTTP service + web page for verify / identify / enroll",
-                       description="Serve a model and a gallery over HTTP (FastAPI; OpenAPI at /docs). Writes need "
-                       "a bearer token, read from the environment variable named by --token-env; if it is unset a "
-                       "random token is generated and printed. Listens on 127.0.0.1 unless --host says otherwise. "
+                       description="Serve a model and a gallery over HTTP (FastAPI; OpenAPI schema at "
+                       "/openapi.json). Writes need a bearer token, read from the environment variable named by "
+                       "--token-env; if it is unset a random token is generated and printed. Listens on 127.0.0.1 "
+                       "unless --host says otherwise, and answers only Host headers that are IP addresses, "
+                       "localhost, the --host name or an --allowed-host (against DNS rebinding). "
                        "Identification uses the model's 1:N threshold unless --threshold/--target-fpir say "
                        "otherwise; /health reports which thresholds are in force and why.")
     add_model_argument(p, positional=False)
@@ -140,9 +143,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--token-env", default="FACELAB_TOKEN", metavar="VAR",
-                   help="environment variable holding the write token (default FACELAB_TOKEN)")
-    p.add_argument("--read-only", action="store_true", help="refuse all writes (no token)")
+                   help="environment variable holding the write token (default FACELAB_TOKEN; at least 16 "
+                   "characters, or a warning is printed)")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse all writes (no token) and open the gallery read-only (works on read-only media)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients use to reach the service (repeat for several; '*' answers any Host "
+                   "header, e.g. behind a reverse proxy that checks it)")
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="largest image accepted, in pixels, checked from its header before decoding (default: "
+                   "FACELAB_MAX_PIXELS or 40,000,000); larger ones are answered 413")
+    p.add_argument("--decode-memory-mb", type=float, default=1024.0,
+                   help="memory all concurrent image decodes may hold together, in MiB (default 1024); requests "
+                   "wait their turn beyond it (see --decode-wait)")
+    p.add_argument("--decode-wait", type=float, default=120.0,
+                   help="seconds a request may wait for decode memory before it is answered 503 (default 120)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its request body (default 30; 408 after)")
+    p.add_argument("--lock-timeout", type=float, default=2.0,
+                   help="seconds an enroll or delete waits for another process's write lock on the gallery "
+                   "before answering 503 (default 2)")
+    p.add_argument("--docs", action="store_true",
+                   help="serve Swagger UI at /docs (off by default: the page loads its scripts from a CDN)")
     _threshold_args(p, "FPIR")
     p.add_argument("--verify-threshold", type=float, metavar="T", help="1:1 threshold for /verify (default: the "
                    "model's)")
@@ -228,10 +251,14 @@ def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(dumps(obj) if args.json else text)
 
 
-def _open_gallery(args: argparse.Namespace, model: Any, create: bool = True) -> Any:
+def _open_gallery(args: argparse.Namespace, model: Any, create: bool = True, read_only: bool = False,
+                  busy_timeout: float | None = None) -> Any:
+    """The gallery of ``--gallery`` with ``model``; read-only opens never write to the file (they work on
+    read-only media too)."""
     from facelab.serving.recognition import FaceGallery
 
-    return FaceGallery(args.gallery, model, index=getattr(args, "index", "exact"), create=create)
+    return FaceGallery(args.gallery, model, index=getattr(args, "index", "exact"), create=create,
+                       read_only=read_only, busy_timeout=busy_timeout)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -240,7 +267,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if len(args.images) != 1 or not args.gallery:
             raise FacelabError("--identity verifies ONE photo against a gallery: give IMG --identity NAME "
                                "--gallery DB")
-        with _open_gallery(args, model, create=False) as gallery:
+        with _open_gallery(args, model, create=False, read_only=True) as gallery:
             r = gallery.verify(args.images[0], args.identity, threshold=args.threshold, target_far=args.target)
         verdict = f"is {r.name}" if r.same_person else f"is not {r.name}"
         _emit(args, r.to_dict(), f"{verdict} (score {r.score:.4f}, threshold {r.threshold:.4f}: "
@@ -304,10 +331,14 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 failed += [(lab, str(exc)) for lab in labels]
                 print(f"skipped {name}: {exc}", file=sys.stderr)
                 continue
-            used += r.added
+            used += r.added + len(r.duplicates)  # a duplicate is a usable image, already stored
             failed += list(r.failed)
             how = ", ".join(f"{n} {m}" for m, n in r.methods)
-            print(f"enrolled {r.name}: {r.added} image(s) ({how}); {r.images} in all")
+            dup = ""
+            if r.duplicates:
+                dup = (f"; {len(r.duplicates)} duplicate(s) skipped ({r.duplicates[0][0]} is already enrolled as "
+                       f"{r.duplicates[0][1]})")
+            print(f"enrolled {r.name}: {r.added} image(s) ({how}); {r.images} in all{dup}")
     tally.images, tally.failed = [], sorted(set(tally.failed) | set(failed))
     print(tally.summary(used), file=sys.stderr)
     return 0
@@ -315,7 +346,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 def _cmd_identify(args: argparse.Namespace) -> int:
     model = open_model(args)
-    with _open_gallery(args, model, create=False) as gallery:
+    with _open_gallery(args, model, create=False, read_only=True) as gallery:
         t = gallery.identification_threshold(args.threshold, args.target)
         results = [(img, gallery.identify(img, args.k, threshold=t.value)) for img in args.images]
     if args.json:
@@ -337,7 +368,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 def _gallery_list(args: argparse.Namespace) -> int:
     from facelab.serving.gallery import Gallery
 
-    with Gallery(args.gallery, create=False) as gallery:
+    with Gallery(args.gallery, create=False, read_only=True) as gallery:
         rows = gallery.identities()
         fp = gallery.fingerprint
     if args.json:
@@ -352,12 +383,12 @@ def _gallery_list(args: argparse.Namespace) -> int:
 def _gallery_check(args: argparse.Namespace) -> int:
     from facelab.serving.gallery import Gallery
 
-    with Gallery(args.gallery, create=False) as gallery:
+    with Gallery(args.gallery, create=False, read_only=True) as gallery:
         problems = gallery.integrity_errors()
     for line in problems:
         print(line)
     if args.model:
-        with _open_gallery(args, open_model(args), create=False) as fg:
+        with _open_gallery(args, open_model(args), create=False, read_only=True) as fg:
             for task, t in fg.thresholds_in_force().items():
                 print(f"{task} threshold: " + (f"{t['value']:.4f} ({t['source']})" if t else
                                                "none (calibrate the model, or give --threshold)"))
@@ -393,8 +424,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from facelab.utils.extras import require
 
     uvicorn = require("uvicorn", "serve")
+    from facelab.images import max_pixels
+    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts, tune_allocator
     from facelab.serving.service import create_app
 
+    tune_allocator()  # freed decode buffers go back to the system (see its docstring)
+
+    cap = max_pixels() if args.max_pixels is None else args.max_pixels
+    if cap <= 0:
+        raise FacelabError(f"--max-pixels must be a positive number of pixels, got {cap}")
+    if args.decode_memory_mb <= 0 or args.body_timeout <= 0 or args.lock_timeout < 0 or args.decode_wait < 0:
+        raise FacelabError("--decode-memory-mb and --body-timeout must be > 0, --lock-timeout and --decode-wait >= 0")
+    budget = DecodeBudget(int(args.decode_memory_mb * 1024 * 1024), wait=args.decode_wait)
+    worst = decode_cost(1, cap, "RGBA+rotate")
+    if worst > budget.budget:
+        print(f"facelab: warning: one {cap:,}-pixel image may need {worst / 2**20:,.0f} MiB to decode, more than "
+              f"--decode-memory-mb {args.decode_memory_mb:g}: such images are decoded one at a time",
+              file=sys.stderr)
     token = None if args.read_only else os.environ.get(args.token_env) or None
     if token is None and not args.read_only:
         token = secrets.token_urlsafe(24)
@@ -402,7 +448,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"facelab: warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
     model = open_model(args)
-    gallery = _open_gallery(args, model)
+    gallery = _open_gallery(args, model, read_only=args.read_only, busy_timeout=args.lock_timeout)
     ident = model.threshold(IDENTIFICATION, args.threshold, args.target) \
         if (args.threshold is not None or args.target is not None) else None
     verif = model.threshold(VERIFICATION, args.verify_threshold) if args.verify_threshold is not None else None
@@ -411,7 +457,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"{task} threshold: " + (t.describe() if t else "none: requests that need it get 422 until the model "
                                        "is calibrated"), file=sys.stderr)
     app = create_app(gallery, token, int(args.max_upload_mb * 1024 * 1024), identification=ident,
-                     verification=verif)
+                     verification=verif, allowed_hosts=[*default_allowed_hosts(args.host), *args.allowed_host],
+                     max_pixels=cap, decode_budget=budget, body_timeout=args.body_timeout, docs=args.docs)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -34,6 +34,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per step (sets data.batch_size)")
     p.add_argument("--lr", type=float, help="peak learning rate (sets optim.lr)")
     p.add_argument("--input-size", type=int, help="square input side in pixels (sets data.input_size)")
+    p.add_argument("--align", metavar="DETECTOR",
+                   help="the photos are not face crops: detect and align each face (yunet, retinaface) once, "
+                   "cache the crops, and record it with the model so evaluation and inference do the same "
+                   "(sets data.align; options: --set data.align_options.several=centre, see docs/faces.md)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (sets device)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set loss.options.margin=0.3 (repeatable)")
@@ -74,7 +78,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 TRAIN_FLAGS = {
     "data": "data.root", "out": "out_dir", "epochs": "optim.epochs", "backbone": "model.backbone",
     "loss": "loss.name", "batch_size": "data.batch_size", "lr": "optim.lr", "input_size": "data.input_size",
-    "device": "device",
+    "device": "device", "align": "data.align",
 }
 
 

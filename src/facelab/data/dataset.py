@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
+from facelab.faces.base import NoFaceFound
 from facelab.images import ImageError, ImageNotFound, read_image
 
 log = logging.getLogger(__name__)
@@ -22,11 +24,16 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
     With ``cache`` every image is decoded once in the constructor (an undecodable file is then an error naming it,
     before any training). Without it an image that fails to decode mid-epoch is replaced by another image of the same
     identity and reported once, so a long run never dies on one bad file.
+
+    ``reader`` turns a file path into the PIL image used (default: the image gate's :func:`read_image`); training on
+    raw photos passes the aligned-crop cache's reader (:func:`facelab.faces.cache.reader_for`).
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, int]], input_size: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False,
+                 reader: Callable[[Path], Image.Image] | None = None) -> None:
         self.root = Path(root)
+        self.reader = reader or read_image
         self.items = list(items)
         self.base = base_transform(input_size)
         self.transform = transform
@@ -43,7 +50,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return [y for _, y in self.items]
 
     def _decode(self, rel: str) -> torch.Tensor:
-        return self.base(read_image(self.root / rel))
+        return self.base(self.reader(self.root / rel))
 
     def _decode_strict(self, rel: str) -> torch.Tensor:
         try:
@@ -57,7 +64,7 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         rel, label = self.items[index]
         try:
             return self._decode(rel)
-        except ImageError as exc:
+        except (ImageError, NoFaceFound) as exc:
             if rel not in self.failed:
                 self.failed.add(rel)
                 log.warning("skipping undecodable image %s: %s", self.root / rel, exc)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facelab.config import DataConfig
 from facelab.errors import FacelabError
 from facelab.images import FileTally, list_images
 
@@ -93,3 +94,32 @@ def scan_folder(root: str | Path, verify: bool = True, min_images: int = 1) -> F
         raise FacelabError(f"no identity folders with images found in {root}: expected ROOT/<identity>/<image> "
                            f"({report.summary(0)})")
     return FaceFolder(root=root, identities=identities, report=report)
+
+
+def align_faces(folder: FaceFolder, data: DataConfig, *, workers: int | None = None,
+                progress: bool = True) -> str:
+    """Detect and align every image of a scanned identity folder into the cache before a split is made, and drop
+    the photos in which no face is found (counted in the folder's report as unusable, naming the file). Returns
+    a one-line account of how the faces were found (``data.align`` names the detector; see facelab.faces.cache)."""
+    from facelab.faces.cache import CropCache, describe_counts, status_counts
+
+    cache = CropCache.create(data.align, data.input_size, data.align_options)
+    paths = [folder.root / rel for rels in folder.identities.values() for rel in rels]
+    records = cache.prepare(paths, workers=workers, progress=progress)
+    for ident in list(folder.identities):
+        kept = []
+        for rel in folder.identities[ident]:
+            rec = records[str(folder.root / rel)]
+            if rec["status"] in ("no_face", "failed"):
+                folder.report.bad_images.append((rel, rec.get("error", rec["status"])))
+            else:
+                kept.append(rel)
+        if kept:
+            folder.identities[ident] = kept
+        else:
+            del folder.identities[ident]
+            folder.report.dropped_identities.append((ident, 0))
+    if not folder.identities:
+        raise FacelabError(f"no face found in any image of {folder.root} (detector {data.align})")
+    return f"{describe_counts(status_counts(records))} ({data.align}, {data.input_size}x{data.input_size} crops " \
+           f"cached in {cache.folder})"

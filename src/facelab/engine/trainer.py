@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, apply_overrides, from_dict, save_yaml, to_dict, validate
 from facelab.data import FaceDataset, SplitManifest, make_split, scan_folder, train_transform
+from facelab.data.folder import align_faces
 from facelab.data.sampler import SAMPLERS, PKBatchSampler, build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
@@ -120,6 +121,12 @@ def _validate(cfg: TrainConfig, world: int) -> None:
     if cfg.data.sampler != "auto":
         SAMPLERS.get(cfg.data.sampler)
     build_loss(cfg.loss, cfg.model.embedding_dim, max(2, world))  # its options, on a throwaway 2-class head
+    from facelab.faces.cache import check_align
+
+    try:
+        check_align(cfg.data.align, cfg.data.align_options)
+    except FacelabError as exc:
+        raise FacelabError(f"data.align: {exc}") from None
 
 
 def resume_config(stored: dict[str, Any], overrides: list[str]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -240,6 +247,8 @@ class _Run:
     def _prepare_folder(self) -> dict[str, Any]:
         cfg = self.cfg
         folder = scan_folder(cfg.data.root, min_images=max(1, cfg.data.split.min_images_per_identity))
+        if cfg.data.align != "none":
+            self.say(f"faces: {align_faces(folder, cfg.data, progress=not self.quiet)}")
         self.say(f"data: {folder.report.summary(folder.num_images)}")
         manifest = make_split(folder, cfg.data.split)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -260,8 +269,11 @@ class _Run:
         self.backbone, self.loss_fn = backbone, loss_fn
         self.sharded = list(sharded_parameters(loss_fn).values())
 
+        from facelab.faces.cache import reader_for
+
         self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
-                                   cache=cfg.data.cache_images)
+                                   cache=cfg.data.cache_images,
+                                   reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options))
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self.generator = torch.Generator()

@@ -28,6 +28,7 @@ from facelab.evaluation.identification import (
     evaluate_searches,
     folder_items,
     open_set_accuracy,
+    open_set_threshold,
     search,
 )
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
@@ -35,8 +36,8 @@ from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pair
 from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.images import list_images as _list_files
 from facelab.inference.model import FaceModel, load_model
-from facelab.runs import calibrated_threshold
 from facelab.utils.io import atomic_open
+from facelab.utils.textfile import TextFileError, path_component, read_csv, read_lines, relative_path
 
 UNKNOWN = "n000000"
 IMAGE_COLUMNS = ("unknown_dev", "id", "image")
@@ -97,19 +98,22 @@ def classify_folder(run: str | Path | FaceModel, test_dir: str | Path, out_csv: 
 # ------------------------------------------------------------------------------------------ known / unknown (open set)
 
 def read_verification_csv(path: str | Path) -> dict[str, str]:
-    """image file name -> identity (``n000000`` when not in known/)."""
+    """image file name -> identity (``n000000`` when not in known/). Malformed input (encoding, missing columns,
+    short rows, paths outside the folder) is an error naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise FacelabError(f"verification CSV not found: {path}")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        img_col = next((c for c in IMAGE_COLUMNS if c in cols), None)
-        id_col = next((c for c in IDENTITY_COLUMNS if c in cols), None)
-        if img_col is None or id_col is None:
-            raise FacelabError(f"{path}: header must name an image column ({', '.join(IMAGE_COLUMNS)}) and an "
-                               f"identity column ({', '.join(IDENTITY_COLUMNS)}); got {', '.join(cols)}")
-        return {Path(row[img_col].strip()).name: row[id_col].strip() for row in reader}
+    table = read_csv(path, "verification CSV")
+    img_col = next((i for c in IMAGE_COLUMNS if (i := table.column(c)) is not None), None)
+    id_col = next((i for c in IDENTITY_COLUMNS if (i := table.column(c)) is not None), None)
+    if img_col is None or id_col is None:
+        raise TextFileError(f"{path}:1: header must name an image column ({', '.join(IMAGE_COLUMNS)}) and an "
+                            f"identity column ({', '.join(IDENTITY_COLUMNS)}); got {', '.join(table.header)[:80]}")
+    out: dict[str, str] = {}
+    for row in table.rows:
+        image = relative_path(table.field(row, img_col, "image"), path, row[0])
+        out[Path(image).name] = path_component(table.field(row, id_col, "identity"), path, row[0], "identity")
+    return out
 
 
 def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv: str | Path | None = None,
@@ -136,12 +140,7 @@ def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv:
     emb = embedder.embed_all(g_paths + dev_images, desc="embed known + unknown_dev")
     s = search(emb[len(g_paths):], dev_labels, emb[: len(g_paths)], g_labels, score)
     st = score_type(score)
-    source = "given"
-    if threshold is None and fm.run is not None:
-        threshold, source = calibrated_threshold(fm.run.path, "identification", score, embedder.fingerprint), \
-            "thresholds.json"
-    elif threshold is None and score == "cosine" and fm.thresholds.identification is not None:
-        threshold, source = fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
+    threshold, source = open_set_threshold(fm, embedder, score, threshold)
     if threshold is None:
         threshold, source = st.native(best_open_set_accuracy(s)[1]), "best on dev (optimistic)"
     out = Path(out_dir) if out_dir else default_report_dir(fm, "hw2p2")
@@ -174,27 +173,26 @@ def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv:
 
 @PAIR_READERS.register("hw2p2")
 def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
-    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt), paths relative to ROOT."""
+    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt), paths relative to ROOT
+    (absolute paths and ``..`` are refused)."""
     root = Path(root) if root else path.parent
     index = _Indexer()
     first, second, labels = [], [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in read_lines(path, "pair list"):
         parts = line.split()
-        if not parts:
-            continue
         if len(parts) not in (2, 3):
-            raise FacelabError(f"{path}:{n}: expected 'img1 img2 [label]', got {line!r}")
-        first.append(index(root / parts[0]))
-        second.append(index(root / parts[1]))
+            raise TextFileError(f"{path}:{n}: expected 'img1 img2 [label]', got {line[:80]!r}")
+        first.append(index(root / relative_path(parts[0], path, n)))
+        second.append(index(root / relative_path(parts[1], path, n)))
         if len(parts) == 3:
             if parts[2] not in ("0", "1"):
-                raise FacelabError(f"{path}:{n}: label must be 0 or 1, got {parts[2]!r}")
+                raise TextFileError(f"{path}:{n}: label must be 0 or 1, got {parts[2][:20]!r}")
             labels.append(parts[2] == "1")
     if labels and len(labels) != len(first):
         raise FacelabError(f"{path}: some lines have a label and some do not")
     fold = np.arange(len(first)) * folds // max(len(first), 1)
     return PairList(path, index.images, np.array(first), np.array(second),
-                    np.array(labels) if labels else None, fold)
+                    np.array(labels) if labels else None, fold, root, [path])
 
 
 def score_pair_file(run: str | Path | FaceModel, pair_file: str | Path, data_root: str | Path | None = None,
@@ -202,8 +200,9 @@ def score_pair_file(run: str | Path | FaceModel, pair_file: str | Path, data_roo
                     quiet: bool = False) -> dict[str, Any]:
     """Cosine score of every pair; ROC AUC (with the full verification report) when the file has labels; always a
     submission ``Id,Category``."""
-    fm = _model(run, device)
     pairs = read_pairs(pair_file, data_root, "hw2p2")
+    pairs.require_images()
+    fm = _model(run, device)
     embedder = fm.embedder(progress=not quiet, cache=True)
     emb = embedder.embed_all(pairs.images, desc=f"embed {Path(pair_file).name}")
     scores = score_type("cosine").pairwise(emb[pairs.first], emb[pairs.second])

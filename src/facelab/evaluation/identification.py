@@ -25,6 +25,7 @@ from facelab.data import scan_folder
 from facelab.errors import FacelabError
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, score_type
 from facelab.evaluation.report import default_report_dir, write_identification_report
+from facelab.inference.embedder import Embedder
 from facelab.inference.model import FaceModel, load_model
 from facelab.runs import calibrated_threshold
 
@@ -199,6 +200,22 @@ def evaluate_searches(s: Searches, meta: dict, out: Path, score: str = "cosine",
     return doc
 
 
+def open_set_threshold(fm: FaceModel, embedder: Embedder, score: str, threshold: float | None = None
+                       ) -> tuple[float | None, str]:
+    """(threshold, where it came from) for open-set figures: ``threshold`` if given; else the model's calibrated
+    1:N threshold for this score and embedding procedure -- a run's thresholds.json (any score), a bundle's or
+    pretrained model's cosine one; else (None, "none")."""
+    if threshold is not None:
+        return threshold, "given"
+    if fm.run is not None:
+        value = calibrated_threshold(fm.run.path, "identification", score, embedder.fingerprint)
+        if value is not None:
+            return value, "thresholds.json"
+    elif score == "cosine" and fm.thresholds.identification is not None and embedder.fingerprint == fm.fingerprint:
+        return fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
+    return None, "none"
+
+
 def evaluate_gallery_probes(model: str | Path | FaceModel, gallery: str | Path, probes: str | Path,
                             score: str = "cosine", threshold: float | None = None,
                             fpir_targets: tuple[float, ...] = DEFAULT_FAR_TARGETS, max_rank: int = 20,
@@ -214,16 +231,11 @@ def evaluate_gallery_probes(model: str | Path | FaceModel, gallery: str | Path, 
     p_paths, p_labels = folder_items(probes)
     emb = embedder.embed_all(g_paths + p_paths, desc="embed gallery + probes")
     s = search(emb[len(g_paths):], p_labels, emb[: len(g_paths)], g_labels, score)
-    source = "given"
-    if threshold is None and fm.run is not None:
-        threshold, source = calibrated_threshold(fm.run.path, "identification", score, fm.fingerprint), \
-            "thresholds.json"
-    elif threshold is None and score == "cosine" and fm.thresholds.identification is not None:
-        threshold, source = fm.thresholds.identification.value, "the model's calibrated 1:N threshold"
+    threshold, source = open_set_threshold(fm, embedder, score, threshold)
     meta = {"model": fm.ref or fm.source, "gallery": str(gallery), "probes": str(probes),
             "gallery_images": len(g_paths), "probe_images": len(p_paths), "flip_tta": embedder.flip,
             "model_fingerprint": embedder.fingerprint[:16],
-            "threshold_source": source if threshold is not None else "none"}
+            "threshold_source": source}
     out = Path(out_dir) if out_dir else default_report_dir(fm, "identify")
     return evaluate_searches(s, meta, out, score, fpir_targets, max_rank, threshold)
 

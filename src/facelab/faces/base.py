@@ -1,24 +1,22 @@
 """The contract between detectors, the aligner and everything that embeds: :class:`Detection` in,
 :class:`FaceCrop` out.
 
-``prepare_faces(image, spec, multiple=...)`` is the only call the embedding primitive makes. With ``align="none"``
-(the image is already a face crop) it returns the whole image resized to the model's input; with a detector name
-it detects, picks the face(s) by the documented policy and warps each onto the ArcFace template.
+``prepare_faces(image, spec, multiple=...)`` (in :mod:`facelab.faces.pipeline`, exported by :mod:`facelab.faces`)
+is the only call the embedding primitive makes. With ``align="none"`` (the image is already a face crop) it returns
+the whole image resized to the model's input; with a detector name it detects, picks the face(s) by the documented
+policy and warps each onto the ArcFace template.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from facelab.errors import FacelabError
 from facelab.registry import Registry
-
-if TYPE_CHECKING:
-    from facelab.inference.spec import InputSpec
 
 
 class NoFaceFound(FacelabError):
@@ -67,21 +65,3 @@ class FaceCrop:
         return {"box": [round(float(v), 2) for v in self.box], "method": self.method,
                 "score": None if self.score is None else round(float(self.score), 4),
                 "landmarks": None if self.landmarks is None else np.round(self.landmarks, 2).tolist()}
-
-
-def whole_image(image: Image.Image) -> FaceCrop:
-    """The whole image as the face (``align="none"``); the model's transform resizes it."""
-    return FaceCrop(image, (0.0, 0.0, float(image.width), float(image.height)), "resized")
-
-
-def prepare_faces(image: Image.Image, spec: InputSpec, *, multiple: bool = False) -> list[FaceCrop]:
-    """The face crop(s) of a decoded RGB image for a model with input ``spec``.
-
-    ``multiple=False`` returns exactly one crop (the face chosen by the policy) or raises :class:`NoFaceFound`;
-    ``multiple=True`` returns every face found (at least one, or :class:`NoFaceFound`).
-    """
-    if not spec.aligned:
-        return [whole_image(image)]
-    from facelab.faces import pipeline  # detection + alignment live there (imports OpenCV lazily)
-
-    return pipeline.detect_and_align(image, spec, multiple=multiple)

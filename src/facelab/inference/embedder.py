@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from facelab.errors import FacelabError
 from facelab.faces import FaceCrop, prepare_faces
+from facelab.faces.cache import CropCache
 from facelab.images import ImageError, ImageInput, read_image, source_name
 from facelab.inference.spec import InputSpec
 from facelab.utils.io import atomic_open
@@ -134,7 +135,7 @@ class Embedder:
 
     def __init__(self, model: nn.Module, spec: InputSpec, *, device: torch.device | str = "cpu",
                  batch_size: int = 64, progress: bool = False, cache_dir: str | Path | None = None,
-                 fingerprint: str = "") -> None:
+                 fingerprint: str = "", crop_cache: CropCache | None = None) -> None:
         if batch_size < 1:
             raise FacelabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.spec, self.device = model.eval(), spec, torch.device(device)
@@ -144,6 +145,8 @@ class Embedder:
         if cache_dir is not None and not fingerprint:
             raise FacelabError("an embedding cache needs the model fingerprint")
         self.cache = EmbeddingCache(Path(cache_dir) / f"{fingerprint[:32]}.npz") if cache_dir else None
+        #: aligned crops of files detected once (training made them; evaluation reuses them)
+        self.crop_cache = crop_cache
         self.calls = 0
 
     @property
@@ -167,9 +170,10 @@ class Embedder:
     def faces(self, source: ImageInput, *, multiple: bool = False, name: str | None = None) -> list[FaceCrop]:
         """Decode ``source`` through the gate and return its face crop(s) as the spec asks (detection errors and
         image errors are FacelabErrors naming the image)."""
-        image = read_image(source, name)
         try:
-            return prepare_faces(image, self.spec, multiple=multiple)
+            if self.crop_cache is not None and not multiple and isinstance(source, str | os.PathLike):
+                return [self.crop_cache.crop(source)]
+            return prepare_faces(read_image(source, name), self.spec, multiple=multiple)
         except FacelabError as exc:
             label = source_name(source, name)
             msg = str(exc)
@@ -201,23 +205,30 @@ class Embedder:
                     first_of[k] = i
         failed: list[tuple[int, str]] = []
         batch_idx: list[int] = []
-        batch_crops: list[FaceCrop] = []
+        batch_inputs: list[torch.Tensor] = []  # the model's inputs, not the crops: a batch never holds full images
+        batch_methods: list[str] = []
         new: dict[str, tuple[np.ndarray, str]] = {}
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not self.progress or not todo, leave=False,
                    dynamic_ncols=True)
 
         def flush() -> None:
-            if not batch_crops:
+            if not batch_inputs:
                 return
-            emb = self.embed_crops([c.image for c in batch_crops])
-            for j, (i, crop) in enumerate(zip(batch_idx, batch_crops, strict=True)):
-                found[i] = (emb[j], crop.method)
+            emb = self.forward(torch.stack(batch_inputs))
+            self.calls += len(batch_inputs)
+            for j, (i, method) in enumerate(zip(batch_idx, batch_methods, strict=True)):
+                found[i] = (emb[j], method)
                 if keys[i] is not None:
                     new[keys[i]] = found[i]  # type: ignore[index]
-            bar.update(len(batch_crops))
+            bar.update(len(batch_inputs))
             batch_idx.clear()
-            batch_crops.clear()
+            batch_inputs.clear()
+            batch_methods.clear()
 
+        if self.crop_cache is not None:  # detect + align the files not yet cached, in parallel processes
+            files = [sources[i] for i in todo if isinstance(sources[i], str | os.PathLike)]
+            self.crop_cache.prepare([f for f in files if os.path.isfile(f)],  # type: ignore[arg-type]
+                                    progress=self.progress)
         try:
             for i in todo:
                 try:
@@ -229,8 +240,10 @@ class Embedder:
                     bar.update(1)
                     continue
                 batch_idx.append(i)
-                batch_crops.append(crop)
-                if len(batch_crops) >= self.batch_size:
+                batch_inputs.append(self.transform(crop.image))  # the decoded image is freed right here
+                batch_methods.append(crop.method)
+                del crop
+                if len(batch_inputs) >= self.batch_size:
                     flush()
             flush()
         finally:

@@ -29,6 +29,7 @@ from torch import nn
 from facelab.config import to_dict
 from facelab.errors import FacelabError
 from facelab.faces import FaceCrop
+from facelab.faces.cache import CropCache
 from facelab.images import ImageInput
 from facelab.inference.bundle import BundleMeta, is_bundle, model_fingerprint, read_bundle, write_bundle
 from facelab.inference.embedder import Embedder
@@ -126,15 +127,17 @@ class FaceModel:
     # -- embedding --------------------------------------------------------------------------------------------------
     def embedder(self, *, progress: bool = False, cache: bool = False, batch_size: int = 64,
                  flip: bool | None = None) -> Embedder:
-        """The embedding primitive for this model. ``cache`` uses the run's ``embedding_cache/`` (runs only);
-        ``flip`` overrides the spec's flip TTA (the cache then keys on a derived fingerprint)."""
+        """The embedding primitive for this model. ``cache`` uses the run's ``embedding_cache/`` (runs only) and,
+        for a model that aligns faces, the aligned-crop cache (:mod:`facelab.faces.cache`; files detected once,
+        e.g. by training); ``flip`` overrides the spec's flip TTA (the cache then keys on a derived fingerprint)."""
         spec, fp = self.spec, self.fingerprint
         if flip is not None and flip != spec.flip_tta:
             spec = dataclasses.replace(spec, flip_tta=flip)
             fp = hashlib.sha256(f"{fp}|flip_tta={flip}".encode()).hexdigest()
         cache_dir = self.run.path / EMBEDDING_CACHE if (cache and self.run is not None) else None
+        crops = CropCache.for_spec(spec) if (cache and spec.aligned) else None
         return Embedder(self.backbone, spec, device=self.device, batch_size=batch_size, progress=progress,
-                        cache_dir=cache_dir, fingerprint=fp)
+                        cache_dir=cache_dir, fingerprint=fp, crop_cache=crops)
 
     def embed(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int = 64,
               progress: bool = False) -> np.ndarray:

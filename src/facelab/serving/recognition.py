@@ -9,6 +9,7 @@ overridden by a value or re-targeted to another FPIR/FAR, and every result says 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,21 @@ from facelab.images import ImageInput, source_name
 from facelab.inference.model import FaceEmbedding, FaceModel, load_model
 from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold
 from facelab.serving.gallery import Gallery as Store
-from facelab.serving.gallery import IdentityInfo, Match
+from facelab.serving.gallery import IdentityInfo, Match, check_name, content_hash
+
+
+def _bytes_hash(src: ImageInput) -> str | None:
+    """SHA-256 of an image's encoded bytes (the gallery's duplicate key); None for decoded pixels."""
+    if isinstance(src, tuple):
+        return content_hash(bytes(src[1]))
+    if isinstance(src, bytes | bytearray):
+        return content_hash(bytes(src))
+    if isinstance(src, str | os.PathLike):
+        try:
+            return content_hash(Path(src).read_bytes())
+        except OSError:
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,10 +90,12 @@ class Enrollment:
     images: int
     failed: tuple[tuple[str, str], ...] = ()
     methods: tuple[tuple[str, int], ...] = ()
+    duplicates: tuple[tuple[str, str], ...] = ()  # (image, already-enrolled image with the same bytes): skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "added": self.added, "images": self.images,
-                "failed": [{"image": p, "reason": r} for p, r in self.failed], "methods": dict(self.methods)}
+                "failed": [{"image": p, "reason": r} for p, r in self.failed], "methods": dict(self.methods),
+                "duplicates": [{"image": p, "same_as": q} for p, q in self.duplicates]}
 
 
 class FaceGallery:
@@ -87,11 +104,13 @@ class FaceGallery:
     error: scores between two models' embeddings mean nothing."""
 
     def __init__(self, path: str | Path, model: str | Path | FaceModel, *, index: str = "exact",
-                 create: bool = True, read_only: bool = False, **index_options: Any) -> None:
+                 create: bool = True, read_only: bool = False, busy_timeout: float | None = None,
+                 **index_options: Any) -> None:
         self.model = load_model(model)
-        kwargs: dict[str, Any] = {"index": index, "create": create, "index_options": index_options}
-        if read_only:
-            kwargs["read_only"] = True
+        kwargs: dict[str, Any] = {"index": index, "create": create, "index_options": index_options,
+                                  "read_only": read_only}
+        if busy_timeout is not None:
+            kwargs["busy_timeout"] = busy_timeout
         self.store = Store(Path(path), self.model.fingerprint, self.model.embedding_dim, **kwargs)
 
     def close(self) -> None:
@@ -119,6 +138,7 @@ class FaceGallery:
         listed (nothing is stored when none is usable). ``cache`` reuses a run's embedding cache."""
         if not images:
             raise FacelabError(f"no images given for {name!r}")
+        name = check_name(name)  # refused before anything is decoded
         labels = list(names) if names is not None else [source_name(s) for s in images]
         res = self.model.embedder(cache=cache).embed(list(images), desc=f"enroll {name}", strict=strict,
                                                       names=labels)
@@ -127,12 +147,13 @@ class FaceGallery:
             raise FacelabError(f"nothing to enroll for {name!r}: none of its {len(images)} image(s) is usable"
                                + (f" ({failed[0][1]})" if failed else ""))
         emb = res.embeddings / np.linalg.norm(res.embeddings, axis=1, keepdims=True).clip(1e-12)
-        added = self.store.enroll(name, [(labels[i], e) for i, e in zip(res.done, emb, strict=True)])
-        total = next((i.images for i in self.store.identities() if i.name == name.strip()), added)
+        stored = self.store.enroll(name, [(labels[i], e, _bytes_hash(images[i]))
+                                          for i, e in zip(res.done, emb, strict=True)])
         counts: dict[str, int] = {}
         for m in res.methods:
             counts[m] = counts.get(m, 0) + 1
-        return Enrollment(name.strip(), added, total, failed, tuple(sorted(counts.items())))
+        return Enrollment(stored.name, stored.added, stored.images, failed, tuple(sorted(counts.items())),
+                          tuple(stored.duplicates))
 
     def remove(self, name: str) -> int:
         return self.store.remove(name)

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from facelab.errors import FacelabError
 
 _UMASK = os.umask(0)
@@ -51,6 +49,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, not at the top: the atomic writers serve torch-free worker processes too
+
     with atomic_open(path, "wb") as fh:
         torch.save(obj, fh)
 
@@ -87,6 +87,8 @@ def refused_globals(path: Path) -> list[str]:
     A ``torch.save`` zip is asked through torch's own scanner; a bare pickle stream (not a torch file) lists every
     global it references, since torch's safe loader refuses bare streams outright.
     """
+    import torch
+
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # not a torch zip file
@@ -105,13 +107,15 @@ def _cause(exc: BaseException) -> str:
     return detail.removeprefix("WeightsUnpickler error:").strip() or type(exc).__name__
 
 
-def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
 
     Raises:
         FacelabError: the file is missing, damaged, or holds Python objects that loading would have to construct by
             running code -- the message names those objects (e.g. ``posix.system``), the real reason it is refused.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FacelabError(f"checkpoint not found: {path}")

@@ -19,6 +19,49 @@ async function call(path, options) {
   return body;
 }
 
+// Largest side of the photo as drawn on the page, in canvas pixels.
+const MAX_DRAWN = 720;
+
+// Draw `file` on canvas `id` with a box per face: faces = [{box: [x, y, w, h] in the photo's pixels after EXIF
+// orientation (as the service reports them), label, known}]. createImageBitmap applies EXIF orientation too, so the
+// boxes land where the service found the faces.
+async function drawFaces(id, file, faces) {
+  const canvas = $(id);
+  canvas.hidden = true;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (err) {
+    return; // a format the browser cannot draw (e.g. HEIC): the text result above still says everything
+  }
+  const scale = Math.min(1, MAX_DRAWN / Math.max(bitmap.width, bitmap.height));
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const line = Math.max(2, Math.round(canvas.width / 240));
+  ctx.font = `${Math.max(12, Math.round(canvas.width / 45))}px system-ui, sans-serif`;
+  ctx.textBaseline = "bottom";
+  canvas.dataset.faces = JSON.stringify(faces.map((f) => ({ box: f.box, label: f.label })));
+  for (const face of faces) {
+    const [x, y, w, h] = face.box.map((v) => v * scale);
+    const colour = face.known ? "#1b9e3e" : "#d9480f";
+    ctx.lineWidth = line;
+    ctx.strokeStyle = colour;
+    ctx.strokeRect(x, y, w, h);
+    const pad = 3;
+    const textWidth = ctx.measureText(face.label).width + 2 * pad;
+    const textHeight = parseInt(ctx.font, 10) + 2 * pad;
+    const top = y - textHeight >= 0 ? y - textHeight : y + h; // above the box, or below it at the top edge
+    ctx.fillStyle = colour;
+    ctx.fillRect(x - line / 2, top, textWidth, textHeight);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(face.label, x - line / 2 + pad, top + textHeight - pad);
+  }
+  canvas.hidden = false;
+}
+
 async function refresh() {
   try {
     const health = await call("health");
@@ -57,7 +100,13 @@ async function identify() {
       return face.known ? `${where}identity: ${face.identity}\n${lines.join("\n")}` : `${where}identity: unknown${nearest}`;
     });
     show("identify-result", text.join("\n"));
+    await drawFaces("identify-canvas", file, r.faces.map((face) => {
+      const best = face.known ? face.matches[0] : face.nearest;
+      const score = best ? ` ${best.score.toFixed(2)}` : "";
+      return { box: face.box, known: face.known, label: face.known ? `${face.identity}${score}` : `unknown${score}` };
+    }));
   } catch (err) {
+    $("identify-canvas").hidden = true;
     show("identify-result", err.message, true);
   }
 }
@@ -74,7 +123,14 @@ async function verifyIdentity() {
     const r = await call("verify", { method: "POST", body: form });
     show("verify-result", `${r.same_person ? "yes" : "no"}: score ${r.score.toFixed(3)}, threshold ` +
       `${r.threshold.toFixed(3)} (${r.threshold_source})`);
+    const face = r.faces[0];
+    if (face) {
+      await drawFaces("verify-canvas", file, [{
+        box: face.box, known: r.same_person, label: `${r.same_person ? name : `not ${name}`} ${r.score.toFixed(2)}`,
+      }]);
+    }
   } catch (err) {
+    $("verify-canvas").hidden = true;
     show("verify-result", err.message, true);
   }
 }
