@@ -18,6 +18,9 @@ open-set AUC per dataset and recipe); a finished run
 (``<out>/<dataset>/<recipe>/bench.json``) is reused, so the comparison can be stopped and continued.
 
     nice -n 10 .venv/bin/python benchmarks/default_recipe.py --out runs/default_recipe --set threads=2
+
+``--speed`` instead times one training step (forward, backward, SGD) of each recipe's network and loss on the same
+random batch, alternating the recipes so both see the same machine load, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -156,6 +159,33 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def step_speed(recipes: dict[str, list[str]], rounds: int, classes: int = 30) -> dict[str, float]:
+    """Images per second of one optimizer step per recipe (median over ``rounds`` interleaved rounds)."""
+    import statistics
+
+    from facelab.engine.optim import build_optimizer
+    from facelab.runs import build_model_and_loss
+
+    nets = {}
+    for name, overrides in recipes.items():
+        cfg = load_config(None, list(overrides))
+        torch.manual_seed(0)
+        backbone, loss = build_model_and_loss(cfg, classes)
+        images = torch.randn(cfg.data.batch_size, 3, cfg.data.input_size, cfg.data.input_size)
+        labels = torch.arange(cfg.data.batch_size) % classes
+        nets[name] = (backbone.train(), loss.train(), build_optimizer(backbone, loss, cfg.optim), images, labels)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for r in range(rounds + 1):
+        for name, (backbone, loss, optimizer, images, labels) in nets.items():
+            t0 = time.perf_counter()
+            loss(backbone(images), labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if r:  # round 0 warms up
+                times[name].append(len(labels) / (time.perf_counter() - t0))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/default_recipe", help="folder for the runs and the tables")
@@ -167,11 +197,22 @@ def main(argv: list[str] | None = None) -> int:
                         help='extra recipe: a name and space-separated key=value overrides')
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every run, e.g. threads=2")
+    parser.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
+                        help="only time a training step of each recipe, interleaved, over ROUNDS rounds")
     args = parser.parse_args(argv)
     out = Path(args.out)
     recipes = dict(RECIPES)
     for name, text in args.candidate:
         recipes[name] = text.split()
+    if args.speed:
+        chosen = {n: [*recipes[n], *args.overrides] for n in args.recipes}
+        if any(o.startswith("threads=") for o in args.overrides):
+            torch.set_num_threads(int(next(o for o in args.overrides if o.startswith("threads=")).split("=")[1]))
+        speed = step_speed(chosen, args.speed)
+        for name, ips in speed.items():
+            print(f"{name}: {ips:.1f} img/s per training step ({ips / speed[args.recipes[0]]:.2f}x "
+                  f"{args.recipes[0]})")
+        return 0
     folders = {"orl": bundled_faces()}
     if set(args.datasets) & {"lfw40", "lfw38x10"}:
         folders.update(build_lfw(Path(args.lfw), Path(args.work) if args.work else out / "data"))
