@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='extra recipe: a name and space-separated key=value overrides')
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every run, e.g. threads=2")
+    parser.add_argument("--table", action="store_true", help="only tabulate the runs already finished (train nothing)")
     parser.add_argument("--speed", type=int, default=0, metavar="ROUNDS",
                         help="only time a training step of each recipe, interleaved, over ROUNDS rounds")
     args = parser.parse_args(argv)
@@ -214,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.recipes[0]})")
         return 0
     folders = {"orl": bundled_faces()}
-    if set(args.datasets) & {"lfw40", "lfw38x10"}:
+    if set(args.datasets) & {"lfw40", "lfw38x10"} and not args.table:
         folders.update(build_lfw(Path(args.lfw), Path(args.work) if args.work else out / "data"))
     rows = []
     for dataset in args.datasets:
         for name in args.recipes:
+            if args.table and not (out / dataset / name / "bench.json").is_file():
+                continue
             print(f"[default_recipe] {dataset}: {name} ...", file=sys.stderr, flush=True)
-            row = run_one(folders[dataset], out / dataset / name, [*recipes[name], *args.overrides])
+            row = run_one(folders.get(dataset, Path(dataset)), out / dataset / name,
+                          [*recipes[name], *args.overrides])
             rows.append({"dataset": dataset, "name": name, **row})
             print(f"[default_recipe] {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
