@@ -97,9 +97,9 @@ def test_identity_with_too_few_images(small_faces: Path) -> None:
     for f in sorted((small_faces / "s3").iterdir())[1:]:
         f.unlink()
     folder = scan_folder(small_faces)
-    with pytest.raises(FacelabError, match=r"identity 's3' has 1 image\(s\).*min_images_per_identity=3"):
+    with pytest.raises(FacelabError, match=r"identity 's3' has 1 image\(s\).*min_images_per_identity=2"):
         make_split(folder, SplitConfig(open_identities=2))
-    folder = scan_folder(small_faces, min_images=3)
+    folder = scan_folder(small_faces, min_images=2)
     assert "s3" not in folder.identities and folder.report.dropped_identities == [("s3", 1)]
     assert len(make_split(folder, SplitConfig(open_identities=2)).classes) == 5
     with pytest.raises(FacelabError, match="leaves no training identity"):

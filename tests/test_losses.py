@@ -613,3 +613,94 @@ def test_sphereface_schedule_survives_resume(small_faces: Path, tmp_path: Path) 
     train(cfg, resume=True, quiet=True)
     state = load_checkpoint(tmp_path / "run")
     assert first > 0 and int(state["loss"]["step"]) == 2 * first
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a batch must hold (batch_needs), what it offered (terms), auto scale, margin warm-up
+
+
+def _needs(name: str, options: dict | None = None) -> tuple[int, int]:
+    needs = build_loss(LossConfig(name, options or {}), D, C).needs()
+    return needs.identities, needs.images_per_identity
+
+
+def test_losses_declare_what_a_batch_must_hold_and_joint_combines_them() -> None:
+    for name in ("softmax", "normface", "arcface", "cosface", "combined", "sphereface", "partial_fc"):
+        assert _needs(name) == (1, 1), name
+    assert _needs("triplet") == _needs("contrastive") == (2, 2)
+    assert _needs("center") == (1, 2)
+    joint = {"components": [{"name": "softmax"}, {"name": "center", "weight": 0.1}]}
+    assert _needs("joint", joint) == (1, 2)
+    joint["components"].append({"name": "triplet"})
+    assert _needs("joint", joint) == (2, 2)
+    assert not build_loss(LossConfig("arcface"), D, C).needs().grouped
+    assert build_loss(LossConfig("triplet"), D, C).needs().grouped
+
+
+def test_short_identities_lists_those_below_k() -> None:
+    from facelab.losses import BatchNeeds
+
+    labels = [0, 0, 1, 2, 2, 2, 3]
+    assert BatchNeeds(2, 2).short_identities(labels) == {1: 1, 3: 1}
+    assert BatchNeeds(2, 3).short_identities(labels) == {0: 2, 1: 1, 3: 1}
+    assert BatchNeeds().short_identities(labels) == {}
+
+
+@pytest.mark.parametrize("mining", ["batch_all", "batch_hard", "semi_hard"])
+def test_metric_losses_report_the_terms_a_batch_offers(mining: str) -> None:
+    y = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    x = torch.randn(7, D, dtype=torch.float64)
+    labels = y.tolist()
+    # by hand: anchors with another image of their identity (a positive) and an image of another (a negative)
+    anchors = sum(1 for i, a in enumerate(labels) if labels.count(a) > 1 and len(set(labels)) > 1)
+    positive_pairs = sum(labels.count(a) * (labels.count(a) - 1) // 2 for a in set(labels))
+    assert anchors == 5 and positive_pairs == 4
+    assert TripletLoss(D, 4, mining=mining)(x, y).terms == anchors
+    assert ContrastiveLoss(D, 4)(x, y).terms == positive_pairs
+    assert TripletLoss(D, 8, mining=mining)(x, torch.arange(7)).terms == 0
+    assert ContrastiveLoss(D, 8)(x, torch.arange(7)).terms == 0
+    assert ArcFace(D, 4)(x.float(), y).terms is None
+    joint = build_loss(LossConfig("joint", {"components": [{"name": "softmax"}, {"name": "triplet"}]}), D, 4)
+    assert joint(x.float(), y).terms == anchors
+
+
+def test_auto_scale_is_adacos_fixed_scale() -> None:
+    from facelab.losses import auto_scale
+    from facelab.losses.classification import MIN_AUTO_SCALE
+
+    for classes in (30, 38, 1000, 85742):
+        assert auto_scale(classes) == pytest.approx(math.sqrt(2.0) * math.log(classes - 1), rel=1e-12)
+    assert auto_scale(2) == auto_scale(3) == MIN_AUTO_SCALE  # the formula gives 0 and 0.98 there
+    assert ArcFace(D, 30).scale == pytest.approx(math.sqrt(2.0) * math.log(29))  # "auto" is the default
+    assert CosFace(D, 1000, scale="auto").scale == auto_scale(1000)
+    assert ArcFace(D, 30, scale=16).scale == 16.0
+    pfc = build_loss(LossConfig("partial_fc", {"scale": "auto"}), D, 500)
+    assert pfc.head.scale == auto_scale(500)  # from all the classes, not a shard's
+    with pytest.raises(FacelabError, match=r"loss.options.scale must be a positive number or 'auto', got 'big'"):
+        ArcFace(D, 30, scale="big")
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface", "combined"])
+def test_margin_warmup_ramps_every_margin_linearly(name: str) -> None:
+    """At progress p of a w-epoch warm-up the loss equals the float64 formula with margins scaled by p / w (m1 from 1
+    towards its value); outside training (no progress set) the full margin applies."""
+    full = {"arcface": {"margin": 0.5}, "cosface": {"margin": 0.35}, "combined": {"m1": 1.3, "m2": 0.4, "m3": 0.15}}
+    targets = {"arcface": lambda r: ref_arcface_target(0.5 * r), "cosface": lambda r: (lambda c: c - 0.35 * r),
+               "combined": lambda r: ref_combined_target(1 + 0.3 * r, 0.4 * r, 0.15 * r)}
+    loss = spread_weights(build_loss(LossConfig(name, {"scale": 10.0, "margin_warmup": 4, **full[name]}), D, C))
+    x, y = batch()
+    w = loss.weight.detach().numpy()
+    for progress, ramp in ((None, 1.0), (0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.5, 1.0)):
+        if progress is not None:
+            loss.set_progress(progress)
+        expected = ref_margin_loss(x.numpy(), w, y.numpy(), targets[name](ramp), 10.0)
+        assert loss(x, y).loss.item() == pytest.approx(expected, rel=1e-9), (progress, ramp)
+
+
+def test_set_progress_reaches_every_loss_inside_a_joint_loss() -> None:
+    joint = build_loss(LossConfig("joint", {"components": [
+        {"name": "arcface", "options": {"margin_warmup": 2}}, {"name": "triplet"}]}), D, C)
+    joint.set_progress(1.0)
+    assert [p.progress for p in joint.parts] == [1.0, 1.0] and joint.parts[0].margin_ramp() == 0.5
+    with pytest.raises(FacelabError, match=r"loss\.options\.margin_warmup is a number of epochs and must be >= 0"):
+        build_loss(LossConfig("arcface", {"margin_warmup": -1}), D, C)

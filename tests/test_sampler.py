@@ -82,3 +82,32 @@ def test_no_identity_twice_in_a_batch_when_p_does_not_divide_identities() -> Non
 def test_bad_options_raise(options: dict, expected: str) -> None:
     with pytest.raises(FacelabError, match=expected.replace(".", r"\.")):
         pk(**options)
+
+
+# -- auto: the loss's needs decide --------------------------------------------------------------------------------
+def auto(labels: list[int], images_per_identity: int, batch_size: int = 12, **options: object):
+    cfg = DataConfig(batch_size=batch_size, sampler_options=dict(options))
+    assert cfg.sampler == "auto"  # the default
+    return build_batch_sampler(labels, cfg, torch.Generator().manual_seed(0), images_per_identity)
+
+
+def test_auto_shuffles_for_a_classifier_and_draws_pk_batches_for_a_pair_loss() -> None:
+    from facelab.data.sampler import RandomBatchSampler
+
+    assert isinstance(auto(LABELS, 1), RandomBatchSampler)
+    sampler = auto(LABELS, 2)
+    # the smallest identity has 2 images, so K = 2 (no image repeated to fill K) and P = 12 // 2 = 6
+    assert isinstance(sampler, PKBatchSampler) and (sampler.p, sampler.k) == (6, 2)
+    for b in sampler:
+        assert sorted(Counter(LABELS[i] for i in b).values()) == [2] * 6 and len(set(b)) == 12
+    big = [i // 6 for i in range(60)]
+    assert (auto(big, 2).p, auto(big, 2).k) == (3, 4)  # K capped at 4 (Hermans et al.)
+    assert (auto(big, 2, batch_size=64).p, auto(big, 2, batch_size=64).k) == (10, 4)  # P: at most every identity
+    assert (auto(big, 2, k=3).p, auto(big, 2, k=3).k) == (3, 3)  # given options win
+
+
+def test_auto_refuses_options_it_would_ignore_and_a_single_identity() -> None:
+    with pytest.raises(FacelabError, match="have no effect: sampler 'auto' shuffles for this loss"):
+        auto(LABELS, 1, k=4)
+    with pytest.raises(FacelabError, match="P x K batches need at least 2 training identities, got 1"):
+        auto([0, 0, 0, 0], 2)

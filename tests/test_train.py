@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import pickle
 import signal
@@ -81,9 +82,18 @@ def test_checkpoint_round_trip_and_unsafe_files(tmp_path: Path) -> None:
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "facelab-checkpoint", "x": Evil()}))
-    with pytest.raises(FacelabError, match="cannot read checkpoint"):
-        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"format": "facelab-checkpoint", "x": Evil(), "w": torch.zeros(2)}, tmp_path / "evil_zip.pt")
+    for name in ("evil.pt", "evil_zip.pt"):  # a bare pickle stream and a torch.save zip
+        with pytest.raises(FacelabError) as info:
+            load_checkpoint(tmp_path / name)
+        msg = str(info.value)  # the real cause (the forbidden global), not torch's advice to unpickle anyway
+        assert msg.startswith(f"cannot read checkpoint {tmp_path / name}: it holds Python objects that facelab will "
+                              "not unpickle (posix.system)")
+        assert "weights_only" not in msg and "\n" not in msg
     assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pt").write_bytes(b"hello, not a checkpoint")
+    with pytest.raises(FacelabError, match=r"cannot read checkpoint .*junk\.pt: not a torch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
     data = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(FacelabError, match=r"cannot read checkpoint .*cut\.pt"):
@@ -93,6 +103,64 @@ def test_checkpoint_round_trip_and_unsafe_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FacelabError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_resume_may_lower_the_learning_rate_and_lengthen_the_run(small_faces: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    train(tiny_config(small_faces, run, "optim.epochs=2", "optim.warmup_epochs=0"), quiet=True, stop_after_epochs=1)
+    result = train(load_config(None, [f"out_dir={run}"]), resume=True, quiet=True,
+                   resume_overrides=["optim.lr=0.01", "optim.epochs=3"])
+    state = load_checkpoint(result.checkpoint)
+    steps = state["step"] // 3
+    # cosine without warm-up, lr(t) = peak * (1 + cos(pi * t / T)) / 2 after t of T steps: epoch 1 ran under the
+    # old peak and length (0.1, 2 epochs); from epoch 2 on, the same step count under the new ones (0.01, 3 epochs)
+    expected = [0.1 * (1 + math.cos(math.pi * 1 / 2)) / 2, 0.01 * (1 + math.cos(math.pi * 2 / 3)) / 2,
+                0.01 * (1 + math.cos(math.pi)) / 2]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert [h["lr"] for h in result.history] == pytest.approx(expected, abs=1e-12)
+    assert state["config"]["optim"]["lr"] == 0.01 and state["config"]["optim"]["epochs"] == 3
+    assert state["resumes"] == [{"epoch": 1, "step": steps, "changed": {"optim.lr": 0.01, "optim.epochs": 3}}]
+    assert "lr: 0.01" in (run / "config.yaml").read_text()
+
+
+def test_resume_refuses_to_change_what_the_run_learns(small_faces: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from facelab.cli import main
+
+    run = tmp_path / "r"
+    train(tiny_config(small_faces, run, "optim.epochs=2"), quiet=True)
+    with pytest.raises(FacelabError, match=r"^--resume keeps the config the run was trained with; 'data.batch_size' "
+                                           r"cannot change \(only optim.lr, optim.epochs, optim.grad_clip, "):
+        train(load_config(None, [f"out_dir={run}"]), resume=True, quiet=True, resume_overrides=["data.batch_size=8"])
+    with pytest.raises(FacelabError, match=r"config key 'optim\.epochs' cannot be 1: the run has already trained 2"):
+        train(load_config(None, [f"out_dir={run}"]), resume=True, quiet=True, resume_overrides=["optim.epochs=1"])
+    with pytest.raises(FacelabError, match=r"config key 'optim\.lr' must be a positive number"):
+        train(load_config(None, [f"out_dir={run}"]), resume=True, quiet=True, resume_overrides=["optim.lr=-1"])
+    assert main(["train", "--resume", "--out", str(run), "--loss", "softmax"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("facelab: error: --resume keeps the config the run was trained with; 'loss.name' cannot change "
+                   "(only optim.lr, optim.epochs, optim.grad_clip, train.checkpoint_every_steps, "
+                   "train.log_every_steps, device, threads can)")
+    assert load_checkpoint(run)["config"]["data"]["batch_size"] == 16  # untouched
+
+
+def test_nan_run_resumes_with_the_lower_learning_rate_its_error_advises(small_faces: Path, tmp_path: Path) -> None:
+    from facelab.cli import main
+
+    run = tmp_path / "nan"
+    cfg = tiny_config(small_faces, run, "loss.name=softmax", "loss.options={}")
+    train(cfg, quiet=True, stop_after_epochs=1)
+    with pytest.raises(FacelabError) as info:
+        train(cfg, resume=True, quiet=True, resume_overrides=["optim.lr=1e30", "optim.grad_clip=0"])
+    msg = str(info.value)
+    assert msg.startswith("loss became nan at epoch 2 step ") or msg.startswith("loss became inf at epoch 2 step ")
+    assert msg.endswith(f"the last good checkpoint is kept -- resume it with a lower learning rate: facelab train "
+                        f"--resume --out {run} --set optim.lr=1e+29")
+    assert load_checkpoint(run)["epoch"] == 1
+    assert main(["train", "--resume", "--out", str(run), "--set", "optim.lr=0.05", "--set", "optim.grad_clip=5",
+                 "--quiet"]) == 0
+    assert epochs_logged(run) == [1, 2, 3]
+    assert load_checkpoint(run)["config"]["optim"]["lr"] == 0.05
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ class SplitConfig:
     seed: int = 0
     #: identities held out entirely for open-set evaluation (a count, or a fraction if < 1)
     open_identities: float = 0.25
-    #: images of every training identity held out for closed-set evaluation
+    #: images of every training identity held out for closed-set evaluation (at most; see the two caps below)
     closed_images_per_identity: int = 2
+    #: the closed-set hold-out never takes more than this fraction of an identity's images (rounded down) ...
+    closed_max_fraction: float = 1 / 3
+    #: ... and always leaves at least this many images of the identity for training
+    min_train_images: int = 2
     #: identities with fewer images are dropped (and counted) instead of raising an error; 0 = strict
     min_images_per_identity: int = 0
 
@@ -36,10 +41,14 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     root: str = ""
-    input_size: int = 112
-    batch_size: int = 64
-    #: how batches are drawn: "random" (shuffle) or another registered sampler (see facelab.data.sampler)
-    sampler: str = "random"
+    #: square input side; 64 keeps a from-scratch run on a few hundred photos to minutes on a CPU (see
+    #: docs/training.md, "From-scratch defaults")
+    input_size: int = 64
+    #: 32 gives a few-hundred-image folder ~7 optimizer steps per epoch (64 gave 3: too few steps to learn)
+    batch_size: int = 32
+    #: how batches are drawn: "auto" (P x K batches if the loss needs several images per identity, else shuffled),
+    #: "random" (shuffle) or another registered sampler (see facelab.data.sampler)
+    sampler: str = "auto"
     #: extra keyword arguments for the sampler
     sampler_options: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
@@ -63,9 +72,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"
-    embedding_dim: int = 512
-    #: channels of the first stage; later stages double it (ResNet) or scale it (others)
-    width: int = 64
+    embedding_dim: int = 128
+    #: channels of the first stage; later stages double it (ResNet) or scale it (others); 64 = the papers' networks
+    width: int = 32
     #: dropout before the embedding layer
     dropout: float = 0.0
     #: extra keyword arguments for the chosen backbone
@@ -85,8 +94,8 @@ class OptimConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    epochs: int = 20
-    warmup_epochs: float = 1.0
+    epochs: int = 40
+    warmup_epochs: float = 2.0
     #: final learning rate as a fraction of ``lr`` at the end of the cosine schedule
     min_lr_ratio: float = 0.0
     #: clip the global gradient norm (0 = off)
@@ -172,6 +181,69 @@ class TrainConfig:
     device: str = "auto"
     #: CPU threads for torch (0 = torch's default)
     threads: int = 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(key: str, ok: bool, requirement: str, value: Any) -> None:
+    if not ok:
+        raise FacelabError(f"config key '{key}' {requirement}, got {value!r}")
+
+
+def check_split(cfg: SplitConfig, where: str = "data.split") -> None:
+    """Reject a split setting that cannot work (one-line :class:`FacelabError` naming the key)."""
+    _require(f"{where}.open_identities", _number(cfg.open_identities) and cfg.open_identities >= 0,
+             "must be >= 0 (a count, or a fraction if < 1)", cfg.open_identities)
+    _require(f"{where}.closed_images_per_identity", cfg.closed_images_per_identity >= 0, "must be >= 0",
+             cfg.closed_images_per_identity)
+    _require(f"{where}.closed_max_fraction", _number(cfg.closed_max_fraction) and 0 <= cfg.closed_max_fraction < 1,
+             "must be in [0, 1)", cfg.closed_max_fraction)
+    _require(f"{where}.min_train_images", cfg.min_train_images >= 1, "must be >= 1", cfg.min_train_images)
+    _require(f"{where}.min_images_per_identity", cfg.min_images_per_identity >= 0, "must be >= 0",
+             cfg.min_images_per_identity)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values no training can use, before any data is read: one-line :class:`FacelabError` naming the key.
+
+    Names (backbone, loss, optimizer, sampler, schedule, precision) are checked by their registries, and loss and
+    backbone options by the loss or backbone itself.
+    """
+    d, m, o, e, t = cfg.data, cfg.model, cfg.optim, cfg.eval, cfg.train
+    _require("data.input_size", d.input_size >= 1, "must be a positive number of pixels", d.input_size)
+    _require("data.batch_size", d.batch_size >= 2, "must be >= 2 (BatchNorm needs 2 images per batch)",
+             d.batch_size)
+    _require("data.num_workers", d.num_workers >= 0, "must be >= 0", d.num_workers)
+    lo, hi = d.crop_scale
+    _require("data.crop_scale", _number(lo) and _number(hi) and 0 < lo <= hi <= 1,
+             "must be [low, high] with 0 < low <= high <= 1", list(d.crop_scale))
+    _require("data.color_jitter", _number(d.color_jitter) and d.color_jitter >= 0, "must be >= 0", d.color_jitter)
+    _require("data.mean", all(_number(v) for v in d.mean), "must be finite numbers", list(d.mean))
+    _require("data.std", all(_number(v) and v > 0 for v in d.std), "must be positive numbers", list(d.std))
+    check_split(d.split)
+    _require("model.embedding_dim", m.embedding_dim >= 1, "must be >= 1", m.embedding_dim)
+    _require("model.width", m.width >= 1, "must be >= 1", m.width)
+    _require("model.dropout", _number(m.dropout) and 0 <= m.dropout < 1, "is a probability in [0, 1)", m.dropout)
+    _require("optim.lr", _number(o.lr) and o.lr > 0, "must be a positive number", o.lr)
+    _require("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)", o.momentum)
+    _require("optim.weight_decay", _number(o.weight_decay) and o.weight_decay >= 0, "must be >= 0", o.weight_decay)
+    _require("optim.epochs", o.epochs >= 1, "must be >= 1", o.epochs)
+    _require("optim.warmup_epochs", _number(o.warmup_epochs) and o.warmup_epochs >= 0, "must be >= 0",
+             o.warmup_epochs)
+    _require("optim.min_lr_ratio", _number(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, "must be in [0, 1]",
+             o.min_lr_ratio)
+    _require("optim.grad_clip", _number(o.grad_clip) and o.grad_clip >= 0, "must be >= 0 (0 = off)", o.grad_clip)
+    _require("optim.accumulate", o.accumulate >= 1, "must be >= 1", o.accumulate)
+    _require("optim.ema", _number(o.ema) and 0 <= o.ema < 1, "is a decay in [0, 1) (0 = off)", o.ema)
+    _require("eval.batch_size", e.batch_size >= 1, "must be >= 1", e.batch_size)
+    _require("eval.far_targets", all(_number(f) and 0 < f < 1 for f in e.far_targets),
+             "must be false-accept rates in (0, 1)", list(e.far_targets))
+    _require("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0 (0 = per epoch only)",
+             t.checkpoint_every_steps)
+    _require("train.log_every_steps", t.log_every_steps >= 0, "must be >= 0 (0 = off)", t.log_every_steps)
+    _require("threads", cfg.threads >= 0, "must be >= 0 (0 = torch's default)", cfg.threads)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -23,8 +23,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
     add_training_options(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, "
-                   "with the config stored in it")
+                   help="continue the run in --out (or out_dir of --config) from its last checkpoint, with the "
+                   "config stored in it; only --lr/--epochs/--device and --set optim.lr, optim.epochs, "
+                   "optim.grad_clip, train.checkpoint_every_steps, train.log_every_steps, device, threads may "
+                   "change it (e.g. a lower optim.lr after a NaN loss)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -147,13 +149,13 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     """
     from facelab.config import load_config
 
-    if args.resume:
+    if args.resume:  # the checkpoint's config; _cmd_train passes the changes the trainer allows (RESUME_KEYS)
         if args.config is None and args.out is None:
             raise FacelabError("--resume needs --out DIR (the run folder to continue)")
-        if args.overrides or args.init is not None or args.accept_licence \
-                or any(getattr(args, f) is not None for f in TRAIN_FLAGS if f != "out"):
-            raise FacelabError("--resume continues with the config stored in the checkpoint; drop other options")
-        return load_config(args.config, training_overrides(args))
+        if args.init is not None or args.accept_licence:
+            raise FacelabError("--resume continues with the config stored in the checkpoint, its init model "
+                               "included; drop --init / --accept-licence")
+        return load_config(args.config, [o for o in training_overrides(args) if o.startswith("out_dir=")])
     base, overrides = training_recipe(args)
     return load_config(args.config, overrides, base=base)
 
@@ -162,7 +164,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from facelab.engine import train
 
     cfg = train_config_from_args(args)
-    result = train(cfg, resume=args.resume, quiet=args.quiet)
+    if args.resume:
+        changes = [o for o in training_overrides(args) if not o.startswith("out_dir=")] + list(args.overrides)
+        result = train(cfg, resume=True, quiet=args.quiet, resume_overrides=changes)
+    else:
+        result = train(cfg, quiet=args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
         print(f"next: facelab eval {Path(result.out_dir)}")

@@ -1,7 +1,13 @@
-"""Batch samplers chosen by ``data.sampler``. Metric losses need several images per identity in a batch."""
+"""Batch samplers chosen by ``data.sampler``. Metric losses need several images per identity in a batch.
+
+``auto`` (the default) asks the loss: P x K batches (:class:`PKBatchSampler`) when it needs K >= 2 images of an
+identity per batch (triplet, contrastive, centre and joint losses containing them), shuffled batches otherwise.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -98,5 +104,36 @@ def _pk(labels: Sequence[int], cfg: DataConfig, generator: torch.Generator) -> S
     return PKBatchSampler(labels, p, k, generator)
 
 
-def build_batch_sampler(labels: Sequence[int], cfg: DataConfig, generator: torch.Generator) -> Sampler[list[int]]:
+#: the most images of one identity ``auto`` puts in a batch (Hermans et al. use K = 4)
+AUTO_K = 4
+
+
+def auto_pk_options(labels: Sequence[int], batch_size: int, images_per_identity: int) -> dict[str, int]:
+    """``p`` and ``k`` for ``auto``: ``k`` = the smallest identity's image count capped to 4 (no identity repeats an
+    image to fill its K) but at least the loss's need; ``p`` = ``batch_size // k`` identities, at most all of them.
+
+    Raises:
+        FacelabError: fewer than 2 identities to make a batch with a negative from.
+    """
+    counts = Counter(int(y) for y in labels)
+    k = max(images_per_identity, min(AUTO_K, min(counts.values(), default=0)))
+    p = min(max(2, batch_size // k), len(counts))
+    if p < 2:
+        raise FacelabError(f"P x K batches need at least 2 training identities, got {len(counts)}")
+    return {"p": p, "k": k}
+
+
+def build_batch_sampler(labels: Sequence[int], cfg: DataConfig, generator: torch.Generator,
+                        images_per_identity: int = 1) -> Sampler[list[int]]:
+    """The sampler ``cfg.sampler`` names; ``auto`` draws P x K batches when ``images_per_identity`` (the loss's K)
+    is above 1 (options given in ``cfg.sampler_options`` win over the automatic ``p`` and ``k``), else shuffles."""
+    if cfg.sampler == "auto":
+        if images_per_identity <= 1:
+            if cfg.sampler_options:
+                raise FacelabError(f"data.sampler_options {sorted(cfg.sampler_options)} have no effect: sampler "
+                                   f"'auto' shuffles for this loss (set data.sampler: pk to draw P x K batches)")
+            cfg = dataclasses.replace(cfg, sampler="random")
+        else:
+            options = {**auto_pk_options(labels, cfg.batch_size, images_per_identity), **cfg.sampler_options}
+            cfg = dataclasses.replace(cfg, sampler="pk", sampler_options=options)
     return SAMPLERS.build(cfg.sampler, labels=labels, cfg=cfg, generator=generator)

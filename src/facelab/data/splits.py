@@ -3,18 +3,22 @@
 Training writes the manifest and evaluation reads it back, so the images scored are exactly those never trained on.
 Two held-out sets are made at once:
 
-* closed set: ``closed_images_per_identity`` images of every training identity (N-way classification);
+* closed set: up to ``closed_images_per_identity`` images of every training identity (N-way classification), but
+  never more than ``closed_max_fraction`` of the identity's images and never so many that fewer than
+  ``min_train_images`` are left to train on -- a small identity keeps its photos for training (the manifest's report
+  lists every identity whose hold-out was cut, under ``closed_capped``);
 * open set: whole identities never seen in training (1:1 verification and 1:N identification).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facelab.config import SplitConfig
+from facelab.config import SplitConfig, check_split
 from facelab.data.folder import FaceFolder
 from facelab.errors import FacelabError
 from facelab.utils.io import write_json
@@ -71,8 +75,6 @@ class SplitManifest:
 
 def _num_open(cfg: SplitConfig, total: int) -> int:
     k = cfg.open_identities
-    if k < 0:
-        raise FacelabError(f"data.split.open_identities must be >= 0, got {k}")
     n = round(k * total) if 0 < k < 1 else int(k)
     if n >= total:
         raise FacelabError(
@@ -81,16 +83,30 @@ def _num_open(cfg: SplitConfig, total: int) -> int:
     return n
 
 
+def closed_hold_out(count: int, cfg: SplitConfig) -> int:
+    """Closed-set images held out of an identity with ``count`` images: ``closed_images_per_identity``, capped to
+    ``floor(closed_max_fraction * count)`` and to ``count - min_train_images`` (never below 0)."""
+    by_fraction = math.floor(cfg.closed_max_fraction * count + 1e-9)  # 1/3 of 9 is 3, not 2.9999...
+    return max(0, min(cfg.closed_images_per_identity, by_fraction, count - cfg.min_train_images))
+
+
 def make_split(folder: FaceFolder, cfg: SplitConfig) -> SplitManifest:
+    """Split ``folder`` per ``cfg`` (seeded: the same folder and config give the same manifest).
+
+    Raises:
+        FacelabError: an identity with fewer than ``min_train_images`` images (naming it and the key that drops such
+            identities), more open identities than the folder allows, or an impossible split setting.
+    """
+    check_split(cfg)
     names = sorted(folder.identities)
-    need = max(cfg.closed_images_per_identity + 1, 2)
+    need = cfg.min_train_images
     for name in names:
         count = len(folder.identities[name])
         if count < need:
             raise FacelabError(
-                f"identity '{name}' has {count} image(s) but the split needs at least {need} "
-                f"({cfg.closed_images_per_identity} held out + 1 to train); "
-                f"set data.split.min_images_per_identity={need} to drop such identities"
+                f"identity '{name}' has {count} image(s) but training needs at least {need} "
+                f"(data.split.min_train_images); set data.split.min_images_per_identity={need} to drop such "
+                f"identities"
             )
     rng = random.Random(cfg.seed)
     open_ids = sorted(rng.sample(names, _num_open(cfg, len(names))))
@@ -98,10 +114,13 @@ def make_split(folder: FaceFolder, cfg: SplitConfig) -> SplitManifest:
     classes = [n for n in names if n not in open_set]
     train: list[tuple[str, int]] = []
     closed: list[tuple[str, int]] = []
+    capped: list[list[Any]] = []
     for label, name in enumerate(classes):
         images = sorted(folder.identities[name])
         rng.shuffle(images)
-        k = cfg.closed_images_per_identity
+        k = closed_hold_out(len(images), cfg)
+        if k < cfg.closed_images_per_identity:
+            capped.append([name, k, len(images)])
         closed.extend((p, label) for p in sorted(images[:k]))
         train.extend((p, label) for p in sorted(images[k:]))
     open_test = [(p, i) for i, name in enumerate(open_ids) for p in sorted(folder.identities[name])]
@@ -112,6 +131,8 @@ def make_split(folder: FaceFolder, cfg: SplitConfig) -> SplitManifest:
         "train_images": len(train),
         "closed_test_images": len(closed),
         "open_test_images": len(open_test),
+        # identities whose closed-set hold-out was cut to keep training images: [identity, held out, images]
+        "closed_capped": capped,
         "bad_images": [list(x) for x in folder.report.bad_images],
         "ignored_files": len(folder.report.ignored_files),
         "dropped_identities": [list(x) for x in folder.report.dropped_identities],

@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from facelab.config import TrainConfig, from_dict, save_yaml, to_dict
+from facelab.config import TrainConfig, apply_overrides, from_dict, save_yaml, to_dict, validate
 from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split, scan_folder, train_transform
 from facelab.data.folder import align_faces
-from facelab.data.sampler import build_batch_sampler
+from facelab.data.sampler import SAMPLERS, PKBatchSampler, build_batch_sampler
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
 from facelab.engine.finetune import (
@@ -46,7 +46,7 @@ from facelab.engine.finetune import (
     scale_backbone_lr,
     validate_init,
 )
-from facelab.engine.optim import build_optimizer, build_scheduler
+from facelab.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from facelab.engine.state import (
     gather_rng_states,
     load_module_state,
@@ -58,8 +58,9 @@ from facelab.engine.state import (
 )
 from facelab.engine.tracking import StepLog, plot_training_curves
 from facelab.errors import FacelabError
-from facelab.losses import LOSSES, DistillLoss
+from facelab.losses import LOSSES, DistillLoss, FaceLoss, build_loss
 from facelab.models import BACKBONES, count_parameters
+from facelab.models.base import MIN_INPUT
 from facelab.models.onnx_graph import ONNX_BACKBONE
 from facelab.runs import CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
 from facelab.utils import distributed as D
@@ -68,6 +69,11 @@ from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
+
+#: the config keys ``--resume`` may change: how fast and how long it learns from here, and where it runs -- never what
+#: it learns (data, split, model, loss), which the checkpoint's weights and optimizer state are tied to
+RESUME_KEYS = ("optim.lr", "optim.epochs", "optim.grad_clip", "train.checkpoint_every_steps",
+               "train.log_every_steps", "device", "threads")
 
 
 def seed_everything(seed: int) -> None:
@@ -97,24 +103,38 @@ class EpochTally:
     correct: float = 0.0
     seen: float = 0.0
     no_accuracy: float = 0.0
+    #: micro-batches whose loss was not exactly 0
+    nonzero: float = 0.0
+    #: pair/triplet terms the batches offered, and the micro-batches that reported them (``LossOutput.terms``)
+    terms: float = 0.0
+    counted: float = 0.0
     seconds: float = 0.0
 
     def as_list(self) -> list[float]:
-        return [self.loss_sum, self.correct, self.seen, self.no_accuracy]
+        return [self.loss_sum, self.correct, self.seen, self.no_accuracy, self.nonzero, self.terms, self.counted]
 
     @classmethod
     def from_list(cls, values: list[float], seconds: float) -> EpochTally:
-        return cls(*values[:4], seconds=seconds)
+        values = list(values)
+        if len(values) == 4:  # a checkpoint from before the last three sums: whether a loss was non-zero is unknown,
+            values += [1.0 if values[2] > 0 else 0.0, 0.0, 0.0]  # so do not call the epoch empty
+        return cls(*values[:7], seconds=seconds)
 
 
-def _validate(cfg: TrainConfig) -> None:
-    if cfg.optim.accumulate < 1:
-        raise FacelabError(f"optim.accumulate must be >= 1, got {cfg.optim.accumulate}")
-    if not 0.0 <= cfg.optim.ema < 1.0:
-        raise FacelabError(f"optim.ema is a decay in [0, 1) (0 = off), got {cfg.optim.ema}")
-    for key in ("checkpoint_every_steps", "log_every_steps"):
-        if getattr(cfg.train, key) < 0:
-            raise FacelabError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+def _validate(cfg: TrainConfig, world: int) -> None:
+    """Everything that can be checked before the data folder is read, so a typo costs no scan."""
+    validate(cfg)
+    if cfg.data.input_size < MIN_INPUT:
+        raise FacelabError(f"config key 'data.input_size' must be >= {MIN_INPUT} (the smallest input a backbone "
+                           f"takes), got {cfg.data.input_size}")
+    if cfg.model.backbone != ONNX_BACKBONE:  # a resumed fine-tune of an ONNX model rebuilds from its graph
+        BACKBONES.get(cfg.model.backbone)
+    LOSSES.get(cfg.loss.name)
+    OPTIMIZERS.get(cfg.optim.name)
+    SCHEDULERS.get(cfg.optim.scheduler)
+    if cfg.data.sampler != "auto":
+        SAMPLERS.get(cfg.data.sampler)
+    build_loss(cfg.loss, cfg.model.embedding_dim, max(2, world))  # its options, on a throwaway 2-class head
     from facelab.faces.cache import check_align
 
     try:
@@ -123,16 +143,48 @@ def _validate(cfg: TrainConfig) -> None:
         raise FacelabError(f"data.align: {exc}") from None
 
 
-def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after_epochs: int | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
-    """Train per ``cfg``; with ``resume`` continue from ``cfg.out_dir/checkpoint.pt``.
+def resume_config(stored: dict[str, Any], overrides: list[str]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The checkpoint's config with ``key=value`` overrides applied; only :data:`RESUME_KEYS` may change.
 
-    ``stop_after_epochs`` / ``stop_after_steps`` end the process' work early, without a final checkpoint (as a
-    kill would) -- used by tests of resume. Under torchrun every process calls this; only rank 0 writes files.
+    Returns the config and the changed keys with their new values. Raises FacelabError naming a refused key.
     """
+    changed: dict[str, Any] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUME_KEYS:
+            raise FacelabError(f"--resume keeps the config the run was trained with; '{key}' cannot change (only "
+                               f"{', '.join(RESUME_KEYS)} can)")
+    data = apply_overrides(json.loads(json.dumps(stored)), overrides)
+    cfg = from_dict(TrainConfig, data)
+    for key in RESUME_KEYS:
+        section, _, name = key.rpartition(".")
+        old = stored.get(section, {}).get(name) if section else stored.get(name)
+        new = getattr(getattr(cfg, section), name) if section else getattr(cfg, name)
+        if old != new:
+            changed[key] = new
+    return cfg, changed
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after_epochs: int | None = None,
+          stop_after_steps: int | None = None, resume_overrides: list[str] | None = None) -> TrainResult:
+    """Train per ``cfg``; with ``resume`` continue from ``cfg.out_dir/checkpoint.pt`` with the config stored there.
+
+    ``resume_overrides`` (``key=value``, only :data:`RESUME_KEYS`) change that stored config, e.g. a lower
+    ``optim.lr`` after the loss became NaN; the schedule continues from the same step with the new peak rate (and
+    the new length, for ``optim.epochs``). ``stop_after_epochs`` / ``stop_after_steps`` end the process' work early,
+    without a final checkpoint (as a kill would) -- used by tests of resume. Under torchrun every process calls
+    this; only rank 0 writes files.
+
+    Raises:
+        FacelabError: an invalid config (naming the key), a data folder or split that cannot train the loss, a loss
+            that became NaN or stayed exactly 0 for a whole epoch, or an override ``--resume`` refuses.
+    """
+    if resume_overrides and not resume:
+        raise FacelabError("resume_overrides only apply with resume=True")
     ctx = D.setup(resolve_device(cfg.device).type)
     try:
-        return _Run(cfg, ctx, resume, quiet or not ctx.is_main).fit(stop_after_epochs, stop_after_steps)
+        run = _Run(cfg, ctx, resume, quiet or not ctx.is_main, resume_overrides)
+        return run.fit(stop_after_epochs, stop_after_steps)
     finally:
         D.teardown(ctx)
 
@@ -140,21 +192,31 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
 class _Run:
     """One training run in one process: built in ``__init__``, trained by ``fit``."""
 
-    def __init__(self, cfg: TrainConfig, ctx: D.DistContext, resume: bool, quiet: bool) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: D.DistContext, resume: bool, quiet: bool,
+                 resume_overrides: list[str] | None = None) -> None:
         self.ctx, self.quiet = ctx, quiet
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / CHECKPOINT
         state: dict[str, Any] | None = None
+        self.changed: dict[str, Any] = {}
         if resume:
             state = load_checkpoint(self.ckpt_path)
-            cfg = from_dict(TrainConfig, state["config"])
+            cfg, self.changed = resume_config(state["config"], resume_overrides or [])
+            cfg.out_dir = str(self.out)  # the run folder may have moved since
+            if cfg.optim.epochs < int(state["epoch"]):
+                raise FacelabError(f"config key 'optim.epochs' cannot be {cfg.optim.epochs}: the run has already "
+                                   f"trained {state['epoch']} epochs")
             self.say(f"resuming {self.ckpt_path} after epoch {state['epoch']} of {cfg.optim.epochs}"
-                     + (f" (+{state['batches_done']} batches)" if state.get("batches_done") else ""))
+                     + (f" (+{state['batches_done']} batches)" if state.get("batches_done") else "")
+                     + (f", changing {', '.join(f'{k}={v}' for k, v in self.changed.items())}"
+                        if self.changed else ""))
         elif self.ckpt_path.exists():
             raise FacelabError(f"{self.ckpt_path} already exists: pass --resume to continue it or choose another "
                                f"--out")
         self.cfg = cfg
-        _validate(cfg)
+        _validate(cfg, ctx.world)
+        if self.changed and ctx.is_main:
+            save_yaml(cfg, self.out / CONFIG)  # the run folder's config says what the run continues with
         self.init_model: InitModel | None = None
         init_note = ""
         if cfg.init.model:
@@ -170,9 +232,6 @@ class _Run:
         self.precision: Precision = resolve_precision(cfg.train.amp, self.device)
         if not cfg.data.root:
             raise FacelabError("no data folder given: set data.root in the config or pass --data")
-        if cfg.model.backbone != ONNX_BACKBONE:
-            BACKBONES.get(cfg.model.backbone)  # fail on a misspelt name before a long scan of the data
-        LOSSES.get(cfg.loss.name)
         if cfg.train.tensorboard and ctx.is_main:
             require_tensorboard()
         if cfg.train.sync_bn and ctx.enabled and self.device.type != "cuda":
@@ -188,6 +247,11 @@ class _Run:
         self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
                  f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
                  f"({r['open_test_images']} images)")
+        if r.get("closed_capped"):
+            self.say(f"data: held out fewer than {cfg.data.split.closed_images_per_identity} closed-set images of "
+                     f"{len(r['closed_capped'])} identities with few photos, to keep at least "
+                     f"{cfg.data.split.min_train_images} for training and take at most "
+                     f"{cfg.data.split.closed_max_fraction:.0%} (split.json: report.closed_capped)")
         self._build(state)
         self.state = state
         if state is not None:
@@ -244,7 +308,7 @@ class _Run:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self._setup_finetune(loss_fn)
         self.generator = torch.Generator()
-        base = build_batch_sampler(self.dataset.labels, cfg.data, self.generator)
+        base = self._batch_sampler(loss_fn)
         first = next(iter(base), None)
         if first is None:
             raise FacelabError(f"sampler '{cfg.data.sampler}' yields no batch from {len(self.dataset)} training "
@@ -288,6 +352,8 @@ class _Run:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
 
         self.history: list[dict[str, Any]] = []
+        #: overrides given to --resume, with the epoch and step they took effect
+        self.resumes: list[dict[str, Any]] = []
         self.start_epoch, self.global_step, self.batches_done = 0, 0, 0
         self.partial: dict[str, Any] | None = None
 
@@ -314,10 +380,43 @@ class _Run:
         if self.init_model is not None:
             self.init_model.module.cpu()
 
+    def _batch_sampler(self, loss_fn: FaceLoss) -> Any:
+        """The sampler ``data.sampler`` names (``auto``: P x K batches if the loss needs them), after checking the
+        training set can give the loss what it learns from -- one line naming the problem, before the first step."""
+        cfg, labels = self.cfg, self.dataset.labels
+        needs = loss_fn.needs()
+        short = needs.short_identities(labels)
+        if needs.grouped and short:
+            names = ", ".join(self.manifest.classes[y] for y in list(short)[:3]) + (", ..." if len(short) > 3 else "")
+            raise FacelabError(
+                f"loss '{cfg.loss.name}' learns from {needs.images_per_identity} images of an identity in a batch, "
+                f"but {len(short)} of {self.manifest.num_classes} training identities have fewer training images "
+                f"({names}): keep more for training (data.split.min_train_images={needs.images_per_identity}), "
+                f"add photos, or use a classification loss (--loss arcface)")
+        if needs.identities > self.manifest.num_classes:
+            raise FacelabError(f"loss '{cfg.loss.name}' needs {needs.identities} identities in a batch but the "
+                               f"training set has {self.manifest.num_classes}: use more identities (fewer in "
+                               f"data.split.open_identities)")
+        sampler = build_batch_sampler(labels, cfg.data, self.generator, needs.images_per_identity)
+        if isinstance(sampler, PKBatchSampler):
+            self.say(f"batches: {sampler.p} identities x {sampler.k} images (loss '{cfg.loss.name}' needs {needs})")
+        elif needs.grouped:
+            self.say(f"note: loss '{cfg.loss.name}' needs {needs} per batch, which data.sampler="
+                     f"{cfg.data.sampler} does not guarantee; the default (auto) draws P x K batches")
+        return sampler
+
     def _restore(self, state: dict[str, Any]) -> None:
         load_module_state(self.loss_fn, state["loss"])
         load_optimizer_state(self.optimizer, self.loss_fn, state["optimizer"])
+        fresh = list(self.scheduler.base_lrs)  # peak rates of this (possibly overridden) config
         self.scheduler.load_state_dict(state["scheduler"])
+        if {"optim.lr", "optim.epochs"} & set(self.changed):  # new peak rate or length: same step, new schedule
+            self.scheduler.base_lrs = fresh
+            for group, base, factor in zip(self.optimizer.param_groups, fresh, self.scheduler.lr_lambdas,
+                                           strict=True):
+                group["initial_lr"] = base
+                group["lr"] = base * factor(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
         if self.ema is not None:
             if "train_model" in state:
                 self.ema.load(state["model"], int(state.get("ema_updates", 0)))
@@ -326,6 +425,10 @@ class _Run:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
+        self.resumes = list(state.get("resumes", []))
+        if self.changed:
+            self.resumes.append({"epoch": int(state["epoch"]), "step": int(state.get("step", 0)),
+                                 "changed": dict(self.changed)})
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state.get("step", self.start_epoch * self.steps))
         self.batches_done = int(state.get("batches_done", 0))
@@ -352,6 +455,7 @@ class _Run:
             "optimizer": opt_state,
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
+            "resumes": self.resumes,
         }
         if self.ema is not None:  # evaluation reads "model": give it the average, keep the raw weights to resume
             state.update(model=self.ema.state_dict(), train_model=self.backbone.state_dict(),
@@ -401,15 +505,20 @@ class _Run:
                 batch = next(batches)
                 images, labels = batch[0], batch[1]
                 index = batch[2] if len(batch) > 2 else None
+                self.loss_fn.set_progress(epoch + micro / per_epoch)  # margin warm-up; derived, so resume-exact
                 out = self._forward_backward(images, labels, sync=(micro + 1) % k == 0, epoch=epoch, micro=micro,
                                              index=index)
                 n = labels.numel()
                 tally.loss_sum += out[0] * n
                 tally.seen += n
+                tally.nonzero += out[0] != 0.0
                 if out[1] is None:
                     tally.no_accuracy += n
                 else:
                     tally.correct += out[1]
+                if out[2] is not None:
+                    tally.terms += out[2]
+                    tally.counted += 1
                 window["loss"] += out[0] * n
                 window["n"] += n
                 bar.update(slice_images * ctx.world)
@@ -436,7 +545,10 @@ class _Run:
                     return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)
             self.batches_done, self.partial = 0, None
             dt = time.perf_counter() - t0
-            loss_sum, correct, seen, no_acc = D.all_reduce_sum(ctx, tally.as_list(), self.device)
+            loss_sum, correct, seen, no_acc, nonzero, terms, counted = D.all_reduce_sum(ctx, tally.as_list(),
+                                                                                        self.device)
+            if nonzero == 0:
+                self._stop_on_zero_loss(epoch, terms == 0 and counted > 0)
             record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                       "train_acc": correct / seen if no_acc == 0 and seen else None,
                       "images_per_s": seen / dt if dt > 0 else math.nan, "seconds": dt,
@@ -461,10 +573,28 @@ class _Run:
             write_json(self.out / "training_curves.json", self.history)
         return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)
 
+    def _stop_on_zero_loss(self, epoch: int, no_terms: bool) -> None:
+        """An epoch whose every batch had loss exactly 0 trained nothing: say why and stop, keeping the last
+        checkpoint, rather than log it as an epoch of training."""
+        name = self.cfg.loss.name
+        kept = "the last checkpoint is kept" if self.ckpt_path.is_file() else "no checkpoint was written"
+        if no_terms:
+            raise FacelabError(
+                f"loss '{name}' was exactly 0 in every batch of epoch {epoch + 1}: no batch held a valid pair or "
+                f"triplet (it needs {self.loss_fn.needs()} per batch); stopped, {kept} -- use the default sampler "
+                f"(data.sampler=auto) or a classification loss (--loss arcface)")
+        raise FacelabError(
+            f"loss '{name}' was exactly 0 in every batch of epoch {epoch + 1}: nothing left to learn from these "
+            f"batches (every term already meets its margin); stopped, {kept} -- raise loss.options.margin for a "
+            f"harder objective, or train fewer epochs")
+
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, sync: bool, epoch: int,
-                          micro: int, index: torch.Tensor | None = None) -> tuple[float, int | None]:
+                          micro: int, index: torch.Tensor | None = None) -> tuple[float, int | None, int | None]:
         """One micro-batch; gradients are all-reduced (DDP) only on the last micro-batch of an accumulation.
-        While fine-tuning keeps the backbone frozen it runs without gradients and only the head learns."""
+        While fine-tuning keeps the backbone frozen it runs without gradients and only the head learns.
+
+        Returns the loss, the number of correct training predictions (None without class scores) and the loss's
+        pair/triplet term count (None for classifiers)."""
         images = images.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -493,17 +623,25 @@ class _Run:
             loss_value = total.item()
             everywhere = D.all_reduce_sum(self.ctx, [loss_value], self.device)[0] if self.ctx.enabled else loss_value
             if not math.isfinite(everywhere):
-                raise FacelabError(
-                    f"loss became {loss_value if not math.isfinite(loss_value) else 'nan on another process'} at "
-                    f"epoch {epoch + 1} step {micro + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); the last "
-                    f"good checkpoint is kept -- lower optim.lr or set optim.grad_clip")
+                raise FacelabError(self._nan_message(loss_value, epoch, micro))
             loss = total / self.cfg.optim.accumulate if self.cfg.optim.accumulate > 1 else total
             self.scaler.scale(loss).backward()
         predictions = getattr(out, "predictions", None)
         if predictions is None and out.logits is not None:
             predictions = out.logits.argmax(1)
         correct = None if predictions is None else int((predictions == labels).sum())
-        return loss_value, correct
+        return loss_value, correct, out.terms
+
+    def _nan_message(self, loss_value: float, epoch: int, micro: int) -> str:
+        what = loss_value if not math.isfinite(loss_value) else "nan on another process"
+        lower = f"{self.cfg.optim.lr / 10:.3g}"
+        head = (f"loss became {what} at epoch {epoch + 1} step {micro + 1} "
+                f"(lr {self.optimizer.param_groups[0]['lr']:.3g})")
+        if self.ckpt_path.is_file():
+            return (f"{head}; the last good checkpoint is kept -- resume it with a lower learning rate: facelab "
+                    f"train --resume --out {self.out} --set optim.lr={lower}")
+        return (f"{head} before the first checkpoint -- train again with a lower learning rate (--lr {lower}) or "
+                f"clip gradients (--set optim.grad_clip=5)")
 
     def _optimizer_step(self) -> None:
         if self.scaler.is_enabled():

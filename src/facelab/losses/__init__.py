@@ -5,8 +5,8 @@ triplet, contrastive, center (metric.py); joint (joint.py); partial_fc (partial_
 distill (distill.py: 1 - cosine to a frozen reference model's embeddings, for fine-tuning).
 """
 
-from facelab.losses.base import LOSSES, FaceLoss, LossOutput, build_loss
-from facelab.losses.classification import CosineClassifier, SoftmaxCE
+from facelab.losses.base import LOSSES, BatchNeeds, FaceLoss, LossOutput, build_loss
+from facelab.losses.classification import CosineClassifier, SoftmaxCE, auto_scale
 from facelab.losses.distill import DistillLoss
 from facelab.losses.joint import JointLoss
 from facelab.losses.margins import ArcFace, CombinedMargin, CosFace, SphereFace, angular_psi
@@ -27,6 +27,7 @@ __all__ = [
     "LOSSES",
     "MINERS",
     "ArcFace",
+    "BatchNeeds",
     "CenterLoss",
     "CombinedMargin",
     "ContrastiveLoss",
@@ -41,6 +42,7 @@ __all__ = [
     "SphereFace",
     "TripletLoss",
     "angular_psi",
+    "auto_scale",
     "build_loss",
     "mine_batch_all",
     "mine_batch_hard",

@@ -6,8 +6,11 @@ call trains with CE, ArcFace or a metric loss. ``logits(embeddings)`` gives marg
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +28,41 @@ class LossOutput:
     loss: torch.Tensor
     #: margin-free class scores (B, num_classes) where the loss has classes, for training accuracy
     logits: torch.Tensor | None = None
+    #: pair/triplet losses: how many terms the batch's labels allow (anchors with a positive and a negative, or
+    #: positive pairs); 0 means the batch had nothing to learn from. None: every image is a term (classifiers).
+    terms: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchNeeds:
+    """What one training batch must hold for a loss to learn from it: ``identities`` distinct identities (P), each
+    with ``images_per_identity`` distinct images (K).
+
+    Classifiers learn from any batch (1 x 1). Pair and triplet losses compare images of the batch with each other: an
+    anchor needs a positive (another image of its identity, K >= 2) and a negative (another identity, P >= 2)
+    (Hermans et al., 2017, "In Defense of the Triplet Loss", P x K batches).
+    """
+
+    identities: int = 1
+    images_per_identity: int = 1
+
+    @property
+    def grouped(self) -> bool:
+        """True when batches must group several images per identity (a P x K sampler)."""
+        return self.images_per_identity > 1
+
+    def combine(self, other: BatchNeeds) -> BatchNeeds:
+        """Needs of a loss made of both (a joint loss): the larger P and the larger K."""
+        return BatchNeeds(max(self.identities, other.identities),
+                          max(self.images_per_identity, other.images_per_identity))
+
+    def short_identities(self, labels: Sequence[int]) -> dict[int, int]:
+        """Label -> training-image count for the identities too small to give K distinct images to a batch."""
+        counts = Counter(int(y) for y in labels)
+        return {y: n for y, n in sorted(counts.items()) if n < self.images_per_identity}
+
+    def __str__(self) -> str:
+        return f"{self.identities} identities x {self.images_per_identity} images each"
 
 
 def check_option(ok: bool, option: str, requirement: str, value: Any) -> None:
@@ -45,6 +83,24 @@ def zero_loss(embeddings: torch.Tensor) -> torch.Tensor:
 
 class FaceLoss(nn.Module):
     num_classes: int = 0
+    #: what a training batch must contain (the trainer picks the sampler and checks the training set against it)
+    batch_needs: ClassVar[BatchNeeds] = BatchNeeds()
+    #: training progress in epochs, set by the trainer before each step (``set_progress``); schedules inside a loss
+    #: (margin warm-up) read it. Outside training it stays infinite: the loss is used fully ramped.
+    progress: float = math.inf
+
+    def needs(self) -> BatchNeeds:
+        """This loss's batch needs (a joint loss combines its parts')."""
+        return self.batch_needs
+
+    def set_progress(self, epochs: float) -> None:
+        """Tell this loss and every loss inside it how far training is, in epochs (``epoch + batch / batches``).
+
+        Derived from the position in training, not stored, so a resumed or multi-process run sees the same value.
+        """
+        for module in self.modules():
+            if isinstance(module, FaceLoss):
+                module.progress = float(epochs)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from torch import nn
 
 from facelab.config import LossConfig, OptimConfig
 from facelab.errors import FacelabError
-from facelab.losses.base import FaceLoss, LossOutput, build_loss, check_option, register_loss
+from facelab.losses.base import BatchNeeds, FaceLoss, LossOutput, build_loss, check_option, register_loss
 
 COMPONENT_KEYS = ("name", "weight", "options")
 
@@ -42,6 +42,7 @@ class JointLoss(FaceLoss):
 
     Each component keeps its own parameters and optimizer groups (e.g. centre loss's learning rate), named
     ``<index>.<loss name>.<group>``. ``last_terms`` holds the unweighted component values of the latest call.
+    Its batch needs are its parts' combined (softmax + triplet needs the triplet's P x K batches).
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, components: list[dict[str, Any]] | None = None) -> None:
@@ -56,9 +57,16 @@ class JointLoss(FaceLoss):
                                    for name, _, options in specs)
         self.last_terms: dict[str, float] = {}
 
+    def needs(self) -> BatchNeeds:
+        needs = BatchNeeds()
+        for part in self.parts:
+            needs = needs.combine(part.needs())  # type: ignore[operator]
+        return needs
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         total: torch.Tensor | None = None
         logits: torch.Tensor | None = None
+        terms: int | None = None
         self.last_terms = {}
         for i, (name, weight, part) in enumerate(zip(self.names, self.weights, self.parts, strict=True)):
             out = part(embeddings, labels)
@@ -66,8 +74,10 @@ class JointLoss(FaceLoss):
             total = weight * out.loss if total is None else total + weight * out.loss
             if logits is None:
                 logits = out.logits
+            if out.terms is not None:
+                terms = (terms or 0) + out.terms
         assert total is not None
-        return LossOutput(total, logits)
+        return LossOutput(total, logits, terms)
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor | None:
         for part in self.parts:

@@ -7,7 +7,10 @@ All of them only change the target-class cosine before the scaled cross-entropy 
 * ArcFace (Deng et al., 2019):    ``cos(theta + m)``, ``m`` in radians;
 * combined (Deng et al., 2019):   ``cos(m1 * theta + m2) - m3``, ``m2`` in radians.
 
-Angular margins are always given in radians here (pytorch-metric-learning's ArcFaceLoss takes degrees).
+Angular margins are always given in radians here (pytorch-metric-learning's ArcFaceLoss takes degrees). ``scale``
+defaults to ``"auto"`` (AdaCos' fixed scale from the class count, see ``classification.auto_scale``), and
+``margin_warmup`` ramps the margin in over that many epochs (every margin parameter scales linearly from its no-margin
+value: 0 for offsets, 1 for SphereFace's multiplier ``m1``).
 """
 
 from __future__ import annotations
@@ -36,14 +39,15 @@ def angular_psi(cos: torch.Tensor, m1: float, m2: float) -> torch.Tensor:
 class CosFace(CosineClassifier):
     """Additive cosine margin: target logit ``s * (cos(theta) - m)``; ``m`` is in cosine units, not an angle."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float | str = "auto", margin: float = 0.35,
+                 label_smoothing: float = 0.0, margin_warmup: float = 0.0) -> None:
         super().__init__(embedding_dim, num_classes, scale, label_smoothing)
         check_option(0.0 <= margin < 1.0, "margin", "is a cosine offset and must be in [0, 1)", margin)
+        self.set_margin_warmup(margin_warmup)
         self.margin = float(margin)
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return cos_target - self.margin
+        return cos_target - self.margin * self.margin_ramp()
 
 
 class ArcFace(CosineClassifier):
@@ -53,19 +57,19 @@ class ArcFace(CosineClassifier):
     that point the target logit continues linearly as ``cos(theta) - m * sin(m)``, which keeps it monotonic.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.5,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float | str = "auto", margin: float = 0.5,
+                 label_smoothing: float = 0.0, margin_warmup: float = 0.0) -> None:
         super().__init__(embedding_dim, num_classes, scale, label_smoothing)
         check_option(0.0 <= margin < math.pi / 2, "margin", "is in radians and must be in [0, pi/2)", margin)
+        self.set_margin_warmup(margin_warmup)
         self.margin = float(margin)
-        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
-        self.threshold = math.cos(math.pi - margin)  # cos(theta) below this means theta + m > pi
-        self.fallback = math.sin(math.pi - margin) * margin
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
+        m = self.margin * self.margin_ramp()
         sin = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(self.eps))
-        phi = cos_target * self.cos_m - sin * self.sin_m
-        return torch.where(cos_target > self.threshold, phi, cos_target - self.fallback)
+        phi = cos_target * math.cos(m) - sin * math.sin(m)
+        threshold = math.cos(math.pi - m)  # cos(theta) below this means theta + m > pi
+        return torch.where(cos_target > threshold, phi, cos_target - math.sin(math.pi - m) * m)
 
 
 class CombinedMargin(CosineClassifier):
@@ -75,16 +79,18 @@ class CombinedMargin(CosineClassifier):
     an angle of pi the piecewise ``angular_psi`` keeps the target logit decreasing.
     """
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3,
-                 m3: float = 0.2, label_smoothing: float = 0.0) -> None:
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float | str = "auto", m1: float = 1.0,
+                 m2: float = 0.3, m3: float = 0.2, label_smoothing: float = 0.0, margin_warmup: float = 0.0) -> None:
         super().__init__(embedding_dim, num_classes, scale, label_smoothing)
         check_option(m1 >= 1.0, "m1", "multiplies the angle and must be >= 1", m1)
         check_option(0.0 <= m2 < math.pi / 2, "m2", "is in radians and must be in [0, pi/2)", m2)
         check_option(0.0 <= m3 < 1.0, "m3", "is a cosine offset and must be in [0, 1)", m3)
+        self.set_margin_warmup(margin_warmup)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return angular_psi(cos_target, self.m1, self.m2) - self.m3
+        r = self.margin_ramp()
+        return angular_psi(cos_target, 1.0 + (self.m1 - 1.0) * r, self.m2 * r) - self.m3 * r
 
 
 class SphereFace(CombinedMargin):

@@ -1,9 +1,11 @@
 """Metric losses on the batch's own embeddings: triplet (with mining), contrastive, and centre loss.
 
 They have no class scores (``logits`` is None), so evaluation classifies the closed set by nearest class centre.
-Triplet and contrastive losses need several images per identity in each batch: train them with ``data.sampler: pk``.
-A batch that offers nothing to learn from (one identity, no positive pair) gives an exact 0 that still backpropagates,
-rather than NaN from an empty mean.
+Each declares ``batch_needs``: triplet and contrastive losses need P >= 2 identities x K >= 2 images per batch, centre
+loss K >= 2 (a centre learns compactness only from several images of its class); the default sampler (``auto``)
+then draws P x K batches. A batch that offers nothing to learn from (one identity, no positive pair) gives an exact 0
+that still backpropagates, rather than NaN from an empty mean, and reports ``terms=0`` so the trainer can stop a run
+whose every batch is like that.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelab.config import OptimConfig
-from facelab.losses.base import FaceLoss, LossOutput, at_least_fp32, check_option, register_loss, zero_loss
+from facelab.losses.base import (
+    BatchNeeds,
+    FaceLoss,
+    LossOutput,
+    at_least_fp32,
+    check_option,
+    register_loss,
+    zero_loss,
+)
 from facelab.registry import Registry
 
 Distance = Callable[[torch.Tensor, bool], torch.Tensor]
@@ -105,6 +115,8 @@ def reduce_mean_nonzero(losses: torch.Tensor) -> torch.Tensor:
 class PairwiseLoss(FaceLoss):
     """Shared set-up of the losses that compare batch embeddings with each other: distance and reduction by name."""
 
+    batch_needs = BatchNeeds(identities=2, images_per_identity=2)
+
     def __init__(self, distance: str = "cosine", normalize: bool = True, reduction: str = "mean_nonzero") -> None:
         super().__init__()
         check_option(distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", distance)
@@ -143,7 +155,9 @@ class TripletLoss(PairwiseLoss):
         a, p, n = self.mine(dist.detach(), labels, self.margin)
         self.last_triplets = int(a.numel())
         losses = F.relu(dist[a, p] - dist[a, n] + self.margin)
-        return LossOutput(self.reduced(losses, embeddings))
+        pos, neg = pair_masks(labels)
+        anchors = int((pos.any(1) & neg.any(1)).sum())  # anchors with a positive and a negative, whatever the mining
+        return LossOutput(self.reduced(losses, embeddings), terms=anchors)
 
 
 class ContrastiveLoss(PairwiseLoss):
@@ -169,7 +183,7 @@ class ContrastiveLoss(PairwiseLoss):
         upper = torch.ones_like(pos).triu(1)  # each unordered pair once
         loss = (self.reduced(F.relu(dist[pos & upper] - self.pos_margin), embeddings)
                 + self.reduced(F.relu(self.margin - dist[neg & upper]), embeddings))
-        return LossOutput(loss)
+        return LossOutput(loss, terms=int((pos & upper).sum()))
 
 
 class CenterLoss(FaceLoss):
@@ -179,6 +193,8 @@ class CenterLoss(FaceLoss):
     their own optimizer group with learning rate ``center_lr`` (the paper's alpha plays this role) and no weight
     decay; as with every group, the trainer's warmup/cosine schedule multiplies that rate.
     """
+
+    batch_needs = BatchNeeds(identities=1, images_per_identity=2)
 
     def __init__(self, embedding_dim: int, num_classes: int, center_lr: float | None = None,
                  normalize: bool = False) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import facelab.losses  # noqa: F401  (registers the margin heads)
 from facelab.config import LossConfig
 from facelab.losses.base import FaceLoss, LossOutput, at_least_fp32, build_loss, check_option, register_loss
-from facelab.losses.classification import CosineClassifier
+from facelab.losses.classification import CosineClassifier, resolve_scale
 from facelab.utils.distributed import shard_range
 
 #: optimizer state tensors per parameter, by optimizer name (for the memory estimate)
@@ -128,7 +128,7 @@ def format_memory(est: dict[str, float]) -> str:
 
 class PartialFC(FaceLoss):
     def __init__(self, embedding_dim: int, num_classes: int, margin: str = "arcface", sample_rate: float = 1.0,
-                 scale: float = 64.0, margin_options: dict[str, Any] | None = None,
+                 scale: float | str = 64.0, margin_options: dict[str, Any] | None = None,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         check_option(0.0 < sample_rate <= 1.0, "sample_rate", "must be in (0, 1]", sample_rate)
@@ -139,6 +139,8 @@ class PartialFC(FaceLoss):
         self.start, self.end = _shard(num_classes, self.rank, self.world)
         seed = int(torch.randint(0, 2**62, ()).item())  # before the head draws its (shard-sized) default init
         options = {"scale": scale, "label_smoothing": label_smoothing, **(margin_options or {})}
+        if options["scale"] == "auto":  # from all the classes, not this process' shard of them
+            options["scale"] = resolve_scale("auto", num_classes)
         head = build_loss(LossConfig(margin, options), embedding_dim, self.end - self.start)
         check_option(isinstance(head, CosineClassifier) and type(head).forward is CosineClassifier.forward,
                      "margin", "must be a cosine margin head without state of its own (e.g. arcface, cosface, "
@@ -233,7 +235,8 @@ class PartialFC(FaceLoss):
             per_image = (1 - eps) * per_image + eps * (log_z - sums[2] / scored)
         first = self.rank * local_n if self.world > 1 else 0
         loss = per_image[first:first + local_n].mean()
-        return PartialFCOutput(loss, None, self._predict(scale * cos.detach(), index, first, local_n))
+        predictions = self._predict(scale * cos.detach(), index, first, local_n)
+        return PartialFCOutput(loss, None, predictions=predictions)
 
     def _predict(self, scores: torch.Tensor, index: torch.Tensor | None, first: int, n: int) -> torch.Tensor:
         best, arg = scores.max(dim=1)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import pickletools
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -52,15 +55,81 @@ def save_torch(path: str | Path, obj: Any) -> None:
         torch.save(obj, fh)
 
 
+#: read at most this much of a non-zip file to list the globals its pickle names
+_SCAN_LIMIT = 64 << 20
+_ADVICE = ("weights_only", "Weights only", "Check the documentation", "Please file an issue", "trusted source",
+           "torch.serialization.add_safe_globals", "safe_globals")
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """``module.name`` of every global a pickle stream references, read from its opcodes (nothing is executed).
+
+    ``GLOBAL`` carries its name in the opcode; ``STACK_GLOBAL`` takes the two strings pushed before it.
+    """
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a damaged stream: keep what was read before the damage
+        pass
+    return list(dict.fromkeys(names))
+
+
+def refused_globals(path: Path) -> list[str]:
+    """The globals in a checkpoint that ``torch.load(weights_only=True)`` refuses, found without unpickling.
+
+    A ``torch.save`` zip is asked through torch's own scanner; a bare pickle stream (not a torch file) lists every
+    global it references, since torch's safe loader refuses bare streams outright.
+    """
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch zip file
+        pass
+    with open(path, "rb") as fh:
+        return _pickle_globals(fh.read(_SCAN_LIMIT))
+
+
+def _cause(exc: BaseException) -> str:
+    """The informative line of a torch.load error, without torch's advice to load with weights_only=False."""
+    if isinstance(exc, KeyError | EOFError | IndexError):  # torch's loader fell over bytes that are no checkpoint
+        return f"not a torch checkpoint (unreadable at {type(exc).__name__} {exc})"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not any(a in ln for a in _ADVICE)]
+    detail = (useful or lines or [type(exc).__name__])[0]
+    return detail.removeprefix("WeightsUnpickler error:").strip() or type(exc).__name__
+
+
 def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
+
+    Raises:
+        FacelabError: the file is missing, damaged, or holds Python objects that loading would have to construct by
+            running code -- the message names those objects (e.g. ``posix.system``), the real reason it is refused.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FacelabError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = refused_globals(path)
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise FacelabError(f"cannot read checkpoint {path}: it holds Python objects that facelab will not "
+                               f"unpickle ({shown}); a checkpoint may hold only tensors and plain containers, so "
+                               f"loading one can never run code") from exc
+        raise FacelabError(f"cannot read checkpoint {path}: {_cause(exc)}") from exc
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FacelabError(f"cannot read checkpoint {path}: {first}") from exc
+        raise FacelabError(f"cannot read checkpoint {path}: {_cause(exc)}") from exc
