@@ -5,8 +5,8 @@ converted model beside the same weights run by onnxruntime directly, timed side 
         --data ../shared/data/lfw_deepfunneled --model sface --threads 2 --out bench/pretrained
     .venv/bin/python benchmarks/bench_pretrained.py speed --model sface --threads 1 --batch 32 --seconds 30
 
-``lfw``: every image of the pair list is detected and aligned once (``facelab.faces.pipeline.detect_and_align``
-when it exists, else benchmarks/temp_alignment.py: YuNet + OpenCV's SFace crop), the crops cached in --work, then
+``lfw``: every image of the pair list is detected and aligned once (``facelab.faces.base.prepare_faces``: YuNet and
+the 5-point ArcFace template, as every facelab command does), the crops cached in --work, then
 embedded by the facelab model with flip TTA; cosine scores go through facelab's k-fold protocol (threshold chosen
 on the other folds). Writes pairs.json / pairs.md / ROC, DET and histogram PNGs into --out, plus the threshold at
 FAR=1e-3 (the registry's reference threshold comes from here).
@@ -35,10 +35,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import temp_alignment
 
 from facelab.errors import FacelabError
 from facelab.evaluation.pairs import read_pairs, score_pairs
@@ -98,7 +94,7 @@ def embed(module: torch.nn.Module, crops: np.ndarray, spec: InputSpec, batch: in
 
 def cmd_lfw(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    pipeline = temp_alignment.install()
+    pipeline = "facelab.faces (YuNet, 5-point ArcFace template)"
     pm = load(args.model, accept_licence=args.accept_licence)
     pairs = read_pairs(args.pairs, args.data)
     work = Path(args.work)

@@ -13,8 +13,7 @@
 
 ``--relight`` first writes a copy of DATA with harsh synthetic lighting (a per-image directional gradient and gamma,
 seeded by the file name): a stand-in for folders such as Extended Yale B where the pretrained model is weaker.
-Writes OUT/compare.json, OUT/compare.md and OUT/compare.png. Alignment: facelab.faces.pipeline, else
-benchmarks/temp_alignment.py.
+Writes OUT/compare.json, OUT/compare.md and OUT/compare.png. Alignment: facelab.faces (YuNet, 5-point template).
 """
 
 from __future__ import annotations
@@ -22,16 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import temp_alignment
 
 from facelab.cli import main as cli
 from facelab.images import list_images, read_image
@@ -124,7 +118,7 @@ def main() -> None:
     p.add_argument("--lfw-no-flip", action="store_true")
     p.add_argument("--forgetting-only", metavar="RUN", help="only the LFW check, for an existing fine-tuned run")
     args = p.parse_args()
-    pipeline = temp_alignment.install()
+    pipeline = "facelab.faces (YuNet, 5-point ArcFace template)"
     out = Path(args.out)
     if args.forgetting_only:
         flip = not args.lfw_no_flip
