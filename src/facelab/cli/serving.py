@@ -76,7 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (any depth)")
     add_model_argument(p, positional=False)
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="embeddings file to write (.npz)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 8 on CPU, 64 on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("verify", help="same person? two photos, or a photo and an enrolled identity (1:1)",
