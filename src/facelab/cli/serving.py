@@ -425,10 +425,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn = require("uvicorn", "serve")
     from facelab.images import max_pixels
-    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts, tune_allocator
+    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts
     from facelab.serving.service import create_app
+    from facelab.utils.allocator import tune_allocator
 
-    tune_allocator()  # freed decode buffers go back to the system (see its docstring)
+    tune_allocator("service")  # freed decode buffers go back to the system (see its docstring)
 
     cap = max_pixels() if args.max_pixels is None else args.max_pixels
     if cap <= 0:
