@@ -224,6 +224,9 @@ def cmd_speed(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from facelab.utils.allocator import tune_allocator
+
+    tune_allocator("batch")  # what every facelab command but serve does (facelab.utils.allocator)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("lfw", "lfw-1n", "speed"):

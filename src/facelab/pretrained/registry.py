@@ -115,7 +115,7 @@ register_pretrained(PretrainedEntry(
     threshold=0.340,
     threshold_source="FAR 1e-3 on LFW pairs.txt (3,000 impostor pairs; `facelab pairs sface`, YuNet alignment, flip "
                      "TTA; docs/pretrained.md); calibrate on your own data",
-    identification_threshold=0.439,
+    identification_threshold=0.4392,
     identification_fpir=0.01,
     identification_source="FPIR 0.01 with a gallery of 100 LFW identities x 3 images, 2,000 LFW strangers (DIR 0.990; "
                           "held-out FPIR 0.0105; benchmarks/bench_pretrained.py lfw-1n); larger galleries need a "
