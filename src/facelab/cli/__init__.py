@@ -3,6 +3,14 @@ and registers its parsers and handlers here. Errors the user can fix print as on
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported (OpenMP reads it once): worker threads sleep between parallel regions instead of
+# spinning, so they do not steal the cores from the face detector, onnxruntime or another job. Embedding SFace
+# beside onnxruntime in one process, 2 threads: 67.8 vs 16.8 img/s; pure training on an idle machine: ~5 % slower
+# (docs/pretrained.md). A user's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import logging
 import sys
