@@ -32,12 +32,12 @@ from facelab.evaluation.identification import (
     search,
 )
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
-from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
+from facelab.evaluation.pairs import read_hw2p2_pairs, read_pairs, score_pairs  # noqa: F401 (re-exported)
 from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.images import list_images as _list_files
 from facelab.inference.model import FaceModel, load_model
 from facelab.utils.io import atomic_open
-from facelab.utils.textfile import TextFileError, path_component, read_csv, read_lines, relative_path
+from facelab.utils.textfile import TextFileError, path_component, read_csv, relative_path
 
 UNKNOWN = "n000000"
 IMAGE_COLUMNS = ("unknown_dev", "id", "image")
@@ -170,30 +170,6 @@ def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv:
 
 
 # -------------------------------------------------------------------------------------------- older pair-list layout
-
-@PAIR_READERS.register("hw2p2")
-def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
-    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt), paths relative to ROOT
-    (absolute paths and ``..`` are refused)."""
-    root = Path(root) if root else path.parent
-    index = _Indexer()
-    first, second, labels = [], [], []
-    for n, line in read_lines(path, "pair list"):
-        parts = line.split()
-        if len(parts) not in (2, 3):
-            raise TextFileError(f"{path}:{n}: expected 'img1 img2 [label]', got {line[:80]!r}")
-        first.append(index(root / relative_path(parts[0], path, n)))
-        second.append(index(root / relative_path(parts[1], path, n)))
-        if len(parts) == 3:
-            if parts[2] not in ("0", "1"):
-                raise TextFileError(f"{path}:{n}: label must be 0 or 1, got {parts[2][:20]!r}")
-            labels.append(parts[2] == "1")
-    if labels and len(labels) != len(first):
-        raise FacelabError(f"{path}: some lines have a label and some do not")
-    fold = np.arange(len(first)) * folds // max(len(first), 1)
-    return PairList(path, index.images, np.array(first), np.array(second),
-                    np.array(labels) if labels else None, fold, root, [path])
-
 
 def score_pair_file(run: str | Path | FaceModel, pair_file: str | Path, data_root: str | Path | None = None,
                     out_dir: str | Path | None = None, device: str | None = None,

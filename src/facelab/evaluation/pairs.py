@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab.engine.validation import ValidationPairs
 from facelab.errors import FacelabError
 from facelab.evaluation.metrics import (
     DEFAULT_FAR_TARGETS,
@@ -287,6 +288,30 @@ def read_csv_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
                     np.array(labels) if labels else None, folds_arr, root, [path])  # type: ignore[arg-type]
 
 
+@PAIR_READERS.register("hw2p2")
+def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
+    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt; CMU 11-785), paths relative to ROOT
+    (absolute paths and ``..`` are refused)."""
+    root = Path(root) if root else path.parent
+    index = _Indexer()
+    first, second, labels = [], [], []
+    for n, line in read_lines(path, "pair list"):
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            raise TextFileError(f"{path}:{n}: expected 'img1 img2 [label]', got {line[:80]!r}")
+        first.append(index(root / relative_path(parts[0], path, n)))
+        second.append(index(root / relative_path(parts[1], path, n)))
+        if len(parts) == 3:
+            if parts[2] not in ("0", "1"):
+                raise TextFileError(f"{path}:{n}: label must be 0 or 1, got {parts[2][:20]!r}")
+            labels.append(parts[2] == "1")
+    if labels and len(labels) != len(first):
+        raise FacelabError(f"{path}: some lines have a label and some do not")
+    fold = np.arange(len(first)) * folds // max(len(first), 1)
+    return PairList(path, index.images, np.array(first), np.array(second),
+                    np.array(labels) if labels else None, fold, root, [path])
+
+
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """Python 3 writes ``bytes`` under pickle protocol <= 2 as ``_codecs.encode(text, "latin1")``; this stands in
     for that one call and nothing else."""
@@ -521,3 +546,16 @@ def format_pairs_table(doc: dict) -> str:
         rows.append(f"  {name:<11} {kf['folds']}-fold accuracy {kf['accuracy_mean']:.4f} ± {kf['accuracy_std']:.4f}"
                     f"  AUC {v['roc_auc']:.4f}  EER {v['eer']:.4f}  TAR@FAR {tar}")
     return "\n".join(rows)
+
+
+def validation_pairs(path: str, root: str | None = None, fmt: str | None = None) -> ValidationPairs:
+    """A labelled pair list for per-epoch validation during training (:mod:`facelab.engine.validation`).
+
+    Raises:
+        FacelabError: as :func:`read_pairs`, a list without labels, or missing images (named).
+    """
+    pairs = read_pairs(path, root, fmt)
+    if pairs.labels is None:
+        raise FacelabError(f"{pairs.name} has no labels: validation.pairs needs a labelled pair list")
+    pairs.require_images()
+    return ValidationPairs(pairs.name, pairs.images, pairs.first, pairs.second, pairs.labels)
