@@ -93,9 +93,9 @@ def test_list_and_split_errors_are_one_line(orl_root: Path, tmp_path: Path) -> N
     with pytest.raises(FacelabError, match=r"escape.txt:1: .*leaves the data folder"):
         load_given(tmp_path / "escape.txt")
     shutil.copytree(val / "id_s1", val / "id_stranger")
-    with pytest.raises(FacelabError, match="1 class\\(es\\) the training set .* does not \\(first: id_stranger\\)"):
+    with pytest.raises(FacelabError, match=r"1 class\(es\) the training set .* does not \(first: id_stranger\)"):
         given_manifest(load_given(train_dir), load_given(val))
-    with pytest.raises(FacelabError, match="data.val' needs a given training set"):
+    with pytest.raises(FacelabError, match=r"data\.val' needs a given training set"):
         train_cfg = tiny(tmp_path / "r", f"data.val={val}", f"data.root={train_dir}")
         train(train_cfg, quiet=True)
 
@@ -109,7 +109,7 @@ def test_validation_config_is_checked(tmp_path: Path) -> None:
                               ("validation.min_delta=-0.1", "validation.min_delta' must be >= 0")]:
         with pytest.raises(FacelabError, match=message):
             validate(tiny(tmp_path, override))
-    with pytest.raises(FacelabError, match="unknown config key 'validation.patinece'"):
+    with pytest.raises(FacelabError, match=r"unknown config key 'validation\.patinece'"):
         tiny(tmp_path, "validation.patinece=3")
 
 
