@@ -58,6 +58,10 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.85, 1.0)
     hflip: bool = True
     color_jitter: float = 0.2
+    #: the augmentation steps in order, replacing the three keys above when given: a step name or a mapping
+    #: ``{name: ..., option: value}`` (random_resized_crop, hflip, color_jitter, grayscale, blur, random_erasing,
+    #: randaugment; see facelab.data.transforms)
+    augment: tuple[str | dict[str, Any], ...] = ()
     #: per-channel normalisation applied after scaling pixels to [0, 1]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)

@@ -34,6 +34,7 @@ from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split,
 from facelab.data.folder import align_faces
 from facelab.data.given import given_manifest, load_given
 from facelab.data.sampler import SAMPLERS, PKBatchSampler, build_batch_sampler
+from facelab.data.transforms import augmentation_steps
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
 from facelab.engine.finetune import (
@@ -132,6 +133,7 @@ def _validate(cfg: TrainConfig, world: int) -> None:
     if cfg.model.backbone != ONNX_BACKBONE:  # a resumed fine-tune of an ONNX model rebuilds from its graph
         BACKBONES.get(cfg.model.backbone)
     LOSSES.get(cfg.loss.name)
+    augmentation_steps(cfg.data)  # step names and options
     OPTIMIZERS.get(cfg.optim.name)
     SCHEDULERS.get(cfg.optim.scheduler)
     if cfg.data.sampler != "auto":
