@@ -54,6 +54,11 @@ class DataConfig:
     num_workers: int = 0
     #: decode every image once up front (fast epochs, finds every corrupt file before training)
     cache_images: bool = False
+    #: "exact": every JPEG decoded at full size, augmentation per image (torchvision.transforms.v2) -- the reference
+    #: the documented results were measured with; "fast": JPEGs decoded at a reduced DCT scale that still covers
+    #: input_size (Pillow draft) and augmentation applied to whole batches (facelab.data.batch_augment; per image
+    #: when a step cannot be batched). See docs/training.md, "Input pipeline"
+    pipeline: str = "exact"
     #: light augmentation: random crop scale range, horizontal flip, colour jitter strength
     crop_scale: tuple[float, float] = (0.85, 1.0)
     hflip: bool = True
@@ -256,6 +261,7 @@ def validate(cfg: TrainConfig) -> None:
     _require("data.batch_size", d.batch_size >= 2, "must be >= 2 (BatchNorm needs 2 images per batch)",
              d.batch_size)
     _require("data.num_workers", d.num_workers >= 0, "must be >= 0", d.num_workers)
+    _require("data.pipeline", d.pipeline in ("exact", "fast"), "must be exact or fast", d.pipeline)
     lo, hi = d.crop_scale
     _require("data.crop_scale", _number(lo) and _number(hi) and 0 < lo <= hi <= 1,
              "must be [low, high] with 0 < low <= high <= 1", list(d.crop_scale))

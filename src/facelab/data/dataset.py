@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from tqdm import tqdm
 from facelab.data.transforms import base_transform
 from facelab.errors import FacelabError
 from facelab.faces.base import NoFaceFound
-from facelab.images import ImageError, ImageNotFound, read_image
+from facelab.images import ImageError, ImageNotFound, read_image, read_image_tensor
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,18 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
     before any training). Without it an image that fails to decode mid-epoch is replaced by another image of the same
     identity and reported once, so a long run never dies on one bad file.
 
-    ``reader`` turns a file path into the PIL image used (default: the image gate's :func:`read_image`); training on
-    raw photos passes the aligned-crop cache's reader (:func:`facelab.faces.cache.reader_for`).
+    ``reader`` turns a file path into the PIL image (or uint8 tensor) used (default: the image gate's
+    :func:`read_image`; with ``fast_decode`` :func:`read_image_tensor`, torchvision.io for JPEGs and Pillow's reduced
+    DCT scale for large ones); training on raw photos passes the aligned-crop cache's reader
+    (:func:`facelab.faces.cache.reader_for`).
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, int]], input_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache: bool = False,
-                 reader: Callable[[Path], Image.Image] | None = None, progress: bool = False) -> None:
+                 reader: Callable[[Path], Image.Image | torch.Tensor] | None = None, progress: bool = False,
+                 fast_decode: bool = False) -> None:
         self.root = Path(root)
-        self.reader = reader or read_image
+        self.reader = reader or (partial(read_image_tensor, size_hint=input_size) if fast_decode else read_image)
         self.items = list(items)
         self.base = base_transform(input_size)
         self.transform = transform

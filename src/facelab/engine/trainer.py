@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from facelab.config import TrainConfig, apply_overrides, from_dict, save_yaml, to_dict, validate, validation_metric
 from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split, scan_folder, train_transform
+from facelab.data.batch_augment import BatchAugment, BatchCollate, batchable
 from facelab.data.folder import align_faces
 from facelab.data.given import given_manifest, load_given
 from facelab.data.sampler import SAMPLERS, PKBatchSampler, build_batch_sampler
@@ -401,10 +402,13 @@ class _Run:
 
         from facelab.faces.cache import reader_for
 
-        self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
+        fast = cfg.data.pipeline == "fast"
+        collate = BatchCollate(BatchAugment(cfg.data)) if fast and batchable(cfg.data) else None
+        self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size,
+                                   None if collate is not None else train_transform(cfg.data),
                                    cache=cfg.data.cache_images,
                                    reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
-                                   progress=not self.quiet)
+                                   progress=not self.quiet, fast_decode=fast)
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self._setup_finetune(loss_fn)
@@ -422,6 +426,7 @@ class _Run:
         self.batch_sampler = D.ShardedBatchSampler(base, ctx.rank, ctx.world)
         self.loader = DataLoader(self.dataset if self.targets is None else Indexed(self.dataset),
                                  batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
+                                 collate_fn=collate,
                                  persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
         self.steps = len(self.loader) // cfg.optim.accumulate
         if self.steps == 0:
