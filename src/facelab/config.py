@@ -54,6 +54,9 @@ class DataConfig:
     num_workers: int = 0
     #: decode every image once up front (fast epochs, finds every corrupt file before training)
     cache_images: bool = False
+    #: with cache_images: keep the decoded images in a memory-mapped file in this folder instead of RAM (datasets
+    #: larger than memory; shared by loader processes, reused by resumes and runs on the same files); "" = RAM
+    cache_dir: str = ""
     #: "exact": every JPEG decoded at full size, augmentation per image (torchvision.transforms.v2) -- the reference
     #: the documented results were measured with; "fast": JPEGs decoded at a reduced DCT scale that still covers
     #: input_size (Pillow draft) and augmentation applied to whole batches (facelab.data.batch_augment; per image

@@ -408,7 +408,8 @@ class _Run:
                                    None if collate is not None else train_transform(cfg.data),
                                    cache=cfg.data.cache_images,
                                    reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
-                                   progress=not self.quiet, fast_decode=fast)
+                                   progress=not self.quiet, fast_decode=fast, cache_dir=cfg.data.cache_dir or None,
+                                   cache_key=f"align={cfg.data.align}:{sorted(cfg.data.align_options.items())}")
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self._setup_finetune(loss_fn)
