@@ -48,6 +48,9 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
                  fast_decode: bool = False, cache_dir: str | Path | None = None, cache_key: str = "") -> None:
         self.root = Path(root)
         self.reader = reader or (partial(read_image_tensor, size_hint=input_size) if fast_decode else read_image)
+        #: how an image record's bytes are decoded (always through the gate)
+        self.bytes_reader: Callable[[tuple[str, bytes]], Image.Image | torch.Tensor] = (
+            partial(read_image_tensor, size_hint=input_size) if fast_decode else read_image)
         self.items = list(items)
         self.base = base_transform(input_size)
         self.transform = transform
@@ -71,6 +74,15 @@ class FaceDataset(Dataset[tuple[torch.Tensor, int]]):
         return [y for _, y in self.items]
 
     def _decode(self, rel: str) -> torch.Tensor:
+        if ".rec#" in rel:  # an image record of an insightface RecordIO file (facelab.data.recordio)
+            name, key = rel.rsplit("#", 1)
+            records = self.__dict__.setdefault("_records", {})
+            if name not in records:
+                from facelab.data.recordio import RecordFile
+
+                records[name] = RecordFile(self.root / name)
+            where, data, _ = records[name].image(int(key))
+            return self.base(self.bytes_reader((where, data)))
         return self.base(self.reader(self.root / rel))
 
     def _decode_strict(self, rel: str) -> torch.Tensor:

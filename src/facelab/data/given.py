@@ -4,6 +4,7 @@ Each set is an identity folder ``DIR/<class>/<image>`` or a list file:
 
 * ``.csv`` with a header naming a path column (``path``, ``image`` or ``file``) and a class column (``label``,
   ``identity`` or ``class``);
+* ``.rec``: an insightface RecordIO set (``train.rec`` + ``train.idx`` [+ ``property``], facelab.data.recordio);
 * any other suffix: lines ``path label`` separated by whitespace (paths without spaces; use a CSV for those).
 
 List paths are relative to ``data.root`` when it is set, else to the list's folder (absolute paths and ``..`` are
@@ -78,6 +79,31 @@ def _load_folder(path: Path, verify: bool) -> GivenSet:
     return GivenSet(path, path, items, classes, folder.report, hidden)
 
 
+def _load_records(path: Path) -> GivenSet:
+    """An insightface RecordIO training set (``train.rec`` + ``train.idx`` [+ ``property``]): one item per image
+    record, ``<file>#<key>``; classes are the integer labels (``property``'s class count when present)."""
+    from tqdm import tqdm
+
+    from facelab.data.recordio import RecordFile, read_property
+
+    rf = RecordFile(path)
+    keys = rf.image_keys()
+    labels = [rf.label(k) for k in tqdm(keys, desc=f"read {path.name} labels", unit="rec", leave=False,
+                                        disable=len(keys) < 10_000)]
+    rf.close()
+    bad = next((k for k, y in zip(keys, labels, strict=True) if y < 0 or y != int(y)), None)
+    if bad is not None:
+        raise FacelabError(f"{path}#{bad}: label {labels[keys.index(bad)]} is not a class index")
+    declared = read_property(path.parent)
+    count = max(int(y) for y in labels) + 1
+    if declared is not None and declared < count:
+        raise FacelabError(f"{path.parent / 'property'} declares {declared} classes but {path.name} has label "
+                           f"{count - 1}")
+    classes = [str(i) for i in range(declared or count)]
+    items = [(f"{path.name}#{k}", str(int(y))) for k, y in zip(keys, labels, strict=True)]
+    return GivenSet(path, path.parent, items, classes)
+
+
 def _is_index(label: str) -> bool:
     return label.isascii() and label.isdigit()
 
@@ -130,6 +156,8 @@ def load_given(source: str | Path, root: str | Path | None = None, verify: bool 
         raise FacelabError(f"given split not found: {path}")
     if path.is_dir():
         return _load_folder(path, verify)
+    if path.suffix.lower() == ".rec":
+        return _load_records(path)
     return _read_list(path, Path(root) if root else None)
 
 

@@ -307,6 +307,9 @@ class _Run:
     def _prepare_given(self) -> dict[str, Any]:
         """The manifest of a given split (``data.train`` / ``data.val``, see facelab.data.given)."""
         cfg = self.cfg
+        if cfg.data.align != "none" and str(cfg.data.train).lower().endswith(".rec"):
+            raise FacelabError(f"{cfg.data.train} holds aligned face crops (insightface RecordIO): set data.align "
+                               f"none (and init.align none when fine-tuning)")
         train_set = load_given(cfg.data.train, cfg.data.root or None)
         val_set = load_given(cfg.data.val, cfg.data.root or None) if cfg.data.val else None
         for given in (train_set, val_set):
