@@ -68,7 +68,7 @@ from facelab.models.base import MIN_INPUT
 from facelab.models.onnx_graph import ONNX_BACKBONE
 from facelab.runs import BEST, CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
 from facelab.utils import distributed as D
-from facelab.utils.device import resolve_device
+from facelab.utils.device import default_batch_size, resolve_device
 from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open, write_json
 
@@ -360,7 +360,8 @@ class _Run:
         self.best = BestTracker(metric, v.patience, v.min_delta)
         if self.ctx.is_main:
             self.validator = Validator(Path(cfg.data.root), items, pairs, cfg.data.input_size,
-                                       eval_transform(cfg.data), self.device, cfg.eval.batch_size, v.flip_tta,
+                                       eval_transform(cfg.data), self.device,
+                                       cfg.eval.batch_size or default_batch_size(self.device), v.flip_tta,
                                        reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
                                        cfg.data.cache_images, not self.quiet)
         self.say(f"validation: {len(items)} images" + (f", pair list {pairs.name} ({len(pairs.first)} pairs)"
