@@ -150,6 +150,7 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_best_validated_epoch(orl_root: Path, tmp_path: Path) -> None:
     train_dir, val_dir = make_split_tree(orl_root, tmp_path / "data")
     out = tmp_path / "run"
@@ -174,6 +175,7 @@ def test_best_checkpoint_is_the_best_validated_epoch(orl_root: Path, tmp_path: P
     assert metrics["closed_set"]["top1"] == pytest.approx(best["best"]["value"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_resume_keeps_the_best(orl_root: Path, tmp_path: Path) -> None:
     train_dir, val_dir = make_split_tree(orl_root, tmp_path / "data")
     # an improvement must exceed 1.0 in accuracy: only epoch 1 ever counts as best, so patience 2 stops after 3
@@ -201,6 +203,7 @@ def test_early_stopping_stops_and_resume_keeps_the_best(orl_root: Path, tmp_path
     assert [h["best_epoch"] for h in _history(tmp_path / "keep")] == [1, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_cli_given_split_with_validation_pairs(orl_root: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     train_dir, val_dir = make_split_tree(orl_root, tmp_path / "data", ids=4)
