@@ -191,3 +191,19 @@ def test_eval_of_a_run_with_nothing_held_out_is_one_line(orl_root: Path, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "has no held-out images to score: it was trained on a given split without a validation set" in err
+
+
+def test_the_hw2p2_recipe_is_valid_and_names_the_assignments_folders() -> None:
+    from facelab.config import load_config
+    from facelab.data.batch_augment import batchable
+    from facelab.engine.trainer import _validate
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "hw2p2.yaml")
+    _validate(cfg, 1)
+    assert (cfg.data.train, cfg.data.val) == ("hw2p2/classification/train", "hw2p2/classification/dev")
+    assert cfg.init.model == "" and cfg.validation.metric == "val_acc" and cfg.validation.patience > 0
+    assert cfg.data.pipeline == "fast" and batchable(cfg.data)
+    strong = load_config(repo / "configs" / "augment_strong.yaml")
+    _validate(strong, 1)
+    assert len(strong.data.augment) == 7
