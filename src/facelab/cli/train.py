@@ -17,13 +17,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "--init or model/init settings) it fine-tunes the pretrained SFace model on the folder's "
                        "aligned faces (recipe: configs/finetune.yaml); --init MODEL fine-tunes another model, "
                        "--init none trains --backbone from scratch. The split is seeded and saved (split.json) so "
-                       "`facelab eval` scores exactly the held-out images. A checkpoint is written atomically after "
+                       "`facelab eval` scores exactly the held-out images; --train/--val use given sets instead "
+                       "(labels in ImageFolder order), validated after every epoch with the best epoch kept in "
+                       "best.pt. A checkpoint is written atomically after "
                        "every epoch; --resume continues a stopped run.")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
     p.add_argument("--train", metavar="DIR|LIST",
                    help="a given training set instead of the seeded split of --data: an identity folder (labels in "
                    "torchvision ImageFolder's sorted order over all class folders) or a list (.csv path,label or "
-                   ".txt 'path label'; paths relative to --data, default the list's folder) (sets data.train)")
+                   ".txt 'path label'; paths relative to --data, default the list's folder) or an insightface "
+                   "train.rec (sets data.train)")
     p.add_argument("--val", metavar="DIR|LIST",
                    help="a given validation set (same forms as --train): accuracy after every epoch, best.pt, "
                    "early stopping with --patience (sets data.val)")
