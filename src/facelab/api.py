@@ -45,7 +45,8 @@ def load(model: str | Path | FaceModel, *, device: str | None = None, accept_lic
 
 _TRAIN_KEYWORDS = {"data": "data.root", "out": "out_dir", "epochs": "optim.epochs", "backbone": "model.backbone",
                    "loss": "loss.name", "batch_size": "data.batch_size", "lr": "optim.lr",
-                   "input_size": "data.input_size", "device": "device", "align": "data.align"}
+                   "input_size": "data.input_size", "device": "device", "align": "data.align",
+                   "train": "data.train", "val": "data.val"}
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path | None = None, *, resume: bool = False,
@@ -58,6 +59,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path | None = None, *, re
         FacelabError: an unknown keyword or config key (with a suggestion), bad data, or a failed run.
     """
     from facelab.engine import train as run_training
+    from facelab.evaluation.pairs import validation_pairs
 
     unknown = set(keywords) - set(_TRAIN_KEYWORDS)
     if unknown:
@@ -71,7 +73,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path | None = None, *, re
         cfg = from_dict(TrainConfig, apply_overrides(dict(config), sets))
     else:
         cfg = load_config(config, sets)
-    return run_training(cfg, resume=resume, quiet=quiet)
+    return run_training(cfg, resume=resume, quiet=quiet, pair_reader=validation_pairs)
 
 
 @dataclass(frozen=True)

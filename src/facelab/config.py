@@ -54,10 +54,22 @@ class DataConfig:
     num_workers: int = 0
     #: decode every image once up front (fast epochs, finds every corrupt file before training)
     cache_images: bool = False
+    #: with cache_images: keep the decoded images in a memory-mapped file in this folder instead of RAM (datasets
+    #: larger than memory; shared by loader processes, reused by resumes and runs on the same files); "" = RAM
+    cache_dir: str = ""
+    #: "exact": every JPEG decoded at full size, augmentation per image (torchvision.transforms.v2) -- the reference
+    #: the documented results were measured with; "fast": JPEGs decoded at a reduced DCT scale that still covers
+    #: input_size (Pillow draft) and augmentation applied to whole batches (facelab.data.batch_augment; per image
+    #: when a step cannot be batched). See docs/training.md, "Input pipeline"
+    pipeline: str = "exact"
     #: light augmentation: random crop scale range, horizontal flip, colour jitter strength
     crop_scale: tuple[float, float] = (0.85, 1.0)
     hflip: bool = True
     color_jitter: float = 0.2
+    #: the augmentation steps in order, replacing the three keys above when given: a step name or a mapping
+    #: ``{name: ..., option: value}`` (random_resized_crop, hflip, color_jitter, grayscale, blur, random_erasing,
+    #: randaugment; see facelab.data.transforms)
+    augment: tuple[str | dict[str, Any], ...] = ()
     #: per-channel normalisation applied after scaling pixels to [0, 1]
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -67,6 +79,41 @@ class DataConfig:
     #: options for the detector/crop policy (see facelab.faces)
     align_options: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
+    #: a given training set instead of the seeded split of ``root``: an identity folder (labels in ImageFolder's
+    #: sorted order over all its class folders) or a list file (``.csv`` with a ``path,label`` header, or ``.txt``
+    #: lines ``path label``; paths relative to ``root``, default the list's folder); see facelab.data.given
+    train: str = ""
+    #: a given validation set (same forms as ``train``, its classes named as in ``train``): closed-set accuracy per
+    #: epoch, the best checkpoint and early stopping (see ``validation``)
+    val: str = ""
+
+
+@dataclass
+class ValidationConfig:
+    """Per-epoch validation: closed-set accuracy on the validation images (``data.val``, or the seeded split's
+    closed-set hold-out when ``enabled`` is true), verification ROC AUC on a pair list, the best checkpoint
+    (``best.pt``) and early stopping."""
+
+    #: None = on when ``data.val`` or ``pairs`` is given; true also validates on the seeded split's closed set
+    enabled: bool | None = None
+    #: the figure that chooses best.pt and drives early stopping: auto (val_auc with a pair list, else val_acc),
+    #: val_acc, val_auc or val_loss (lower is better)
+    metric: str = "auto"
+    #: stop after this many validated epochs without an improvement larger than ``min_delta`` (0 = never stop early)
+    patience: int = 0
+    min_delta: float = 0.0
+    #: a labelled pair list (any ``facelab pairs`` format): verification ROC AUC after every epoch
+    pairs: str = ""
+    #: its format when the suffix does not say (lfw, kaggle, csv, bin, hw2p2)
+    pairs_format: str = ""
+    #: folder the pair list's image paths are relative to (default: the list's folder)
+    pairs_root: str = ""
+    #: also embed the horizontally flipped image (slower, as in ``eval.flip_tta``)
+    flip_tta: bool = False
+
+
+#: validation metrics and whether higher is better
+VALIDATION_METRICS = {"val_acc": True, "val_auc": True, "val_loss": False}
 
 
 @dataclass
@@ -177,6 +224,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: EngineConfig = field(default_factory=EngineConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     seed: int = 0
     out_dir: str = "runs/facelab"
     device: str = "auto"
@@ -217,6 +265,7 @@ def validate(cfg: TrainConfig) -> None:
     _require("data.batch_size", d.batch_size >= 2, "must be >= 2 (BatchNorm needs 2 images per batch)",
              d.batch_size)
     _require("data.num_workers", d.num_workers >= 0, "must be >= 0", d.num_workers)
+    _require("data.pipeline", d.pipeline in ("exact", "fast"), "must be exact or fast", d.pipeline)
     lo, hi = d.crop_scale
     _require("data.crop_scale", _number(lo) and _number(hi) and 0 < lo <= hi <= 1,
              "must be [low, high] with 0 < low <= high <= 1", list(d.crop_scale))
@@ -246,6 +295,31 @@ def validate(cfg: TrainConfig) -> None:
              t.checkpoint_every_steps)
     _require("train.log_every_steps", t.log_every_steps >= 0, "must be >= 0 (0 = off)", t.log_every_steps)
     _require("threads", cfg.threads >= 0, "must be >= 0 (0 = torch's default)", cfg.threads)
+    check_validation(cfg)
+
+
+def check_validation(cfg: TrainConfig) -> None:
+    """Reject a validation setting that cannot work (one-line :class:`FacelabError` naming the key)."""
+    v = cfg.validation
+    names = ("auto", *VALIDATION_METRICS)
+    _require("validation.metric", v.metric in names, f"must be one of {', '.join(names)}", v.metric)
+    _require("validation.patience", v.patience >= 0, "must be >= 0 (0 = never stop early)", v.patience)
+    _require("validation.min_delta", _number(v.min_delta) and v.min_delta >= 0, "must be >= 0", v.min_delta)
+    if v.metric == "val_auc" and not v.pairs:
+        raise FacelabError("config key 'validation.metric' is val_auc but no pair list is given (validation.pairs)")
+    if cfg.data.val and not cfg.data.train:
+        raise FacelabError("config key 'data.val' needs a given training set too (data.train / --train)")
+    if v.enabled is False and (v.patience or v.metric != "auto"):
+        raise FacelabError("config key 'validation.enabled' is false but validation.patience or validation.metric "
+                           "is set")
+
+
+def validation_metric(cfg: TrainConfig) -> str:
+    """The metric ``validation.metric`` names (``auto``: val_auc with a pair list, else val_acc)."""
+    v = cfg.validation
+    if v.metric != "auto":
+        return v.metric
+    return "val_auc" if v.pairs else "val_acc"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -28,6 +28,7 @@ from facelab.engine import train
 from facelab.errors import FacelabError
 from facelab.evaluation.calibration import calibrate, gallery_searches
 from facelab.evaluation.identification import CALIBRATION_MARGIN, Searches, fpir, threshold_at_fpir
+from facelab.evaluation.pairs import validation_pairs
 from facelab.evaluation.protocol import evaluate
 from facelab.inference.model import load_model
 from facelab.serving.recognition import FaceGallery
@@ -90,7 +91,7 @@ def fit(data: str | Path, out: str | Path, *, config: str | Path | None = None, 
     t0 = time.perf_counter()
     out = Path(out)
     cfg = load_config(config, [f"data.root={data}", f"out_dir={out}", *(overrides or [])], base=base)
-    result = train(cfg, quiet=quiet)
+    result = train(cfg, quiet=quiet, pair_reader=validation_pairs)
     model = load_model(result.out_dir)
     metrics = evaluate(model, quiet=quiet)
     calibrate(model, target=target_far, open_target=target_fpir, open_dev="gallery", quiet=quiet)

@@ -108,6 +108,8 @@ class ImageMeta:
     width: int
     height: int
     orientation: int = 1
+    #: the JPEG was decoded at 1/scale of its size (``size_hint``, Pillow's DCT-domain ``draft``); 1 = full size
+    scale: int = 1
 
     @property
     def rotated(self) -> bool:
@@ -190,10 +192,16 @@ def _open_header(fh: IO[bytes], name: str, cap: int) -> Image.Image:
     return im
 
 
-def _open_checked(fh: IO[bytes], name: str, cap: int, on_header: HeaderHook | None = None
-                  ) -> tuple[Image.Image, ImageMeta]:
-    """Open ``fh`` once with the format allow-list, check the header's size, decode that same object."""
+#: decoded modes a JPEG may be drafted in (others, e.g. CMYK, decode at full size)
+_DRAFT_MODES = ("RGB", "YCbCr", "L")
+
+
+def _open_checked(fh: IO[bytes], name: str, cap: int, on_header: HeaderHook | None = None,
+                  size_hint: int | None = None) -> tuple[Image.Image, ImageMeta]:
+    """Open ``fh`` once with the format allow-list, check the header's size, decode that same object (a JPEG at a
+    reduced DCT scale when ``size_hint`` allows, see :func:`open_image`)."""
     im = _open_header(fh, name, cap)
+    full_width = im.width
     out: Image.Image | None = None
     try:
         fmt = str(im.format)
@@ -208,6 +216,8 @@ def _open_checked(fh: IO[bytes], name: str, cap: int, on_header: HeaderHook | No
         if on_header is not None:
             on_header(im.width, im.height, im.mode if orientation == 1 else f"{im.mode}+rotate")
         try:
+            if size_hint and fmt == "JPEG" and im.mode in _DRAFT_MODES:
+                im.draft("RGB" if im.mode != "L" else "L", (size_hint, size_hint))
             im.load()
             out = _to_rgb(ImageOps.exif_transpose(im) if orientation != 1 else im)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
@@ -217,7 +227,8 @@ def _open_checked(fh: IO[bytes], name: str, cap: int, on_header: HeaderHook | No
     finally:
         if out is not im:
             im.close()
-    return out, ImageMeta(name, fmt, out.width, out.height, orientation)
+    scale = max(1, round(full_width / im.width)) if im.width else 1
+    return out, ImageMeta(name, fmt, out.width, out.height, orientation, scale)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -244,13 +255,18 @@ def _from_array(arr: np.ndarray, name: str, cap: int) -> Image.Image:
 
 
 def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = None,
-               on_header: HeaderHook | None = None) -> tuple[Image.Image, ImageMeta]:
+               on_header: HeaderHook | None = None, size_hint: int | None = None) -> tuple[Image.Image, ImageMeta]:
     """Decode ``src`` through the gate: (8-bit RGB PIL image, what was done).
 
     ``src`` is a path, encoded bytes, a ``(name, bytes)`` tuple, a PIL image or a numpy array (see
     :func:`_from_array`). In-memory PIL images and arrays are taken as they are (no EXIF, no format check).
     ``on_header(width, height, mode)`` is called for encoded inputs once the header passed the size check and
     before any pixel is decoded (the HTTP service uses it to bound the memory of concurrent decodes).
+
+    ``size_hint`` (pixels) says the caller will shrink the image to fit a ``size_hint`` square: a JPEG is then
+    decoded at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's scaled IDCT through Pillow's ``draft``) that
+    keeps both sides at least ``size_hint`` -- the same checks, a fraction of the decoding work (a 250x250 LFW photo
+    for a 112 input decodes at 125x125). ``ImageMeta.scale`` records the reduction. Other formats ignore it.
 
     Raises:
         ImageNotFound: no such file.
@@ -274,15 +290,113 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
     if isinstance(src, tuple):
         src = src[1]
     if isinstance(src, bytes | bytearray | memoryview):
-        return _open_checked(io.BytesIO(bytes(src)), label, limit, on_header)
+        return _open_checked(io.BytesIO(bytes(src)), label, limit, on_header, size_hint)
     with _open_file(Path(src), label) as fh:
-        return _open_checked(fh, label, limit, on_header)
+        return _open_checked(fh, label, limit, on_header, size_hint)
 
 
 def read_image(src: ImageInput, name: str | None = None, *, cap: int | None = None,
-               on_header: HeaderHook | None = None) -> Image.Image:
+               on_header: HeaderHook | None = None, size_hint: int | None = None) -> Image.Image:
     """:func:`open_image` without the metadata: an 8-bit RGB PIL image, or an :class:`ImageError`."""
-    return open_image(src, name, cap=cap, on_header=on_header)[0]
+    return open_image(src, name, cap=cap, on_header=on_header, size_hint=size_hint)[0]
+
+
+#: a JPEG whose DCT scale for the size hint would be at least this is decoded by Pillow's draft (1/4 or 1/8 of the
+#: work); smaller reductions decode faster at full size with torchvision.io (benchmarks/bench_input_pipeline.py)
+DRAFT_MIN_SCALE = 4
+
+
+def _draft_scale(width: int, height: int, size_hint: int | None) -> int:
+    """The DCT scale (1, 2, 4 or 8) Pillow's draft would choose: the largest keeping both sides >= size_hint."""
+    if not size_hint:
+        return 1
+    for scale in (8, 4, 2):
+        if -(-width // scale) >= size_hint and -(-height // scale) >= size_hint:
+            return scale
+    return 1
+
+
+_TV_JPEG: list[Any] = []
+
+
+def _torchvision_jpeg() -> Callable[[Any], Any] | None:
+    """torchvision.io's JPEG decoder to RGB, or None where torchvision has dropped it (its image decoding is
+    deprecated since 0.29 in favour of TorchCodec; the Pillow path then decodes everything)."""
+    if not _TV_JPEG:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import ImageReadMode, decode_jpeg
+
+            def rgb(data: Any) -> Any:
+                with _WARNINGS_LOCK, warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # the deprecation notice, on every call
+                    return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+            _TV_JPEG.append(rgb)
+        except ImportError:
+            _TV_JPEG.append(None)
+    return _TV_JPEG[0]
+
+
+def read_image_tensor(src: ImageInput, name: str | None = None, *, cap: int | None = None,
+                      size_hint: int | None = None) -> Any:
+    """:func:`read_image` as a uint8 ``torch.Tensor`` (3, H, W), for training input pipelines.
+
+    The same checks come first (format by content, pixel cap from the header, EXIF orientation read). An upright
+    JPEG (RGB or greyscale) that a ``size_hint`` would shrink less than :data:`DRAFT_MIN_SCALE` times is then
+    decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo) from the very bytes the header check read: faster
+    than Pillow plus the conversion to a tensor. Everything else goes through :func:`open_image` (with the size
+    hint) and is converted.
+
+    Raises:
+        ImageError: as :func:`open_image`; a JPEG torchvision cannot decode is :class:`UnreadableImage`.
+    """
+    import torch
+
+    label = source_name(src, name)
+    scoped_cap, scoped_hook = _LIMITS.get()
+    chosen = cap if cap is not None else scoped_cap
+    limit = max_pixels() if chosen is None else chosen
+    if isinstance(src, str | os.PathLike):
+        with _open_file(Path(src), label) as fh:
+            try:
+                data = fh.read()
+            except OSError as exc:
+                raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
+    elif isinstance(src, tuple):
+        data = bytes(src[1])
+    elif isinstance(src, bytes | bytearray | memoryview):
+        data = bytes(src)
+    else:
+        data = b""
+    fast = False
+    if data:
+        im = _open_header(io.BytesIO(data), label, limit)
+        try:
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
+        except (OSError, ValueError, SyntaxError, EOFError, TypeError):
+            orientation = 0  # let the full path raise its own error
+        fast = (im.format == "JPEG" and orientation == 1 and im.mode in _DRAFT_MODES
+                and _draft_scale(im.width, im.height, size_hint) < DRAFT_MIN_SCALE)
+        if fast and scoped_hook is not None:
+            scoped_hook(im.width, im.height, im.mode)
+        im.close()
+    decode_jpeg = _torchvision_jpeg() if fast else None
+    if decode_jpeg is not None:
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        except RuntimeError as exc:
+            reason = str(exc).split(", ", 1)[-1].split(".cpp:", 1)[-1].lstrip("0123456789, ")
+            raise UnreadableImage(f"cannot decode {label}: {_first_line(Exception(reason or exc))}") from None
+    if data:
+        out = _open_checked(io.BytesIO(data), label, limit, scoped_hook, size_hint)[0]
+    else:  # a PIL image or an array: nothing to decode
+        out = read_image(src, label, cap=limit)
+    arr = np.asarray(out)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 def peek(path: str | Path, name: str | None = None, *, cap: int | None = None) -> tuple[str | None, ImageError | None]:

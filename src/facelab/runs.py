@@ -40,6 +40,8 @@ from facelab.utils.io import load_torch, save_torch, write_json
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: the best validated epoch's checkpoint (facelab.engine.validation), same format
+BEST = "best.pt"
 CONFIG = "config.yaml"
 SPLIT = "split.json"
 METRICS = "metrics.json"

@@ -106,13 +106,16 @@ def _add_hw2p2(sub: argparse._SubParsersAction) -> None:
                        "get n000000). pairs: 'img1 img2 [label]' list -> AUC and Id,Category submission.")
     modes = p.add_subparsers(dest="mode", required=True, metavar="MODE", help="classify, verify or pairs")
     c = modes.add_parser("classify", help="predict a training identity for every test image",
-                         description="Predict a training identity for every image of a flat test folder.")
+                         description="Predict a training identity for every image of a flat test folder (or of "
+                         "its only sub-folder). --index-labels numbers classes as torchvision's ImageFolder does over "
+                         "every class folder of the training folder, as HW2P2's grader does.")
     add_run_argument(c)
     c.add_argument("--test", required=True, metavar="DIR", help="flat folder of test images")
     c.add_argument("--out", required=True, metavar="CSV", help="where to write the id,label CSV")
     c.add_argument("--data", metavar="ROOT", help="training data (metric losses predict by class centres)")
     c.add_argument("--index-labels", action="store_true",
-                   help="write class indices (sorted-folder order) instead of identity names")
+                   help="write class indices in ImageFolder order (sorted names of every class folder of the "
+                   "training folder) instead of identity names")
     v = modes.add_parser("verify", help="open-set known/unknown verification with n000000 for unknowns",
                          description="Match each unknown image to a known identity, or n000000 below the threshold.")
     add_model_argument(v)
@@ -194,7 +197,12 @@ def _cmd_hw2p2(args: argparse.Namespace) -> int:
     if args.mode == "classify":
         r = hw2p2.classify_folder(args.run, args.test, args.out, args.data, args.index_labels, args.device,
                                   args.quiet)
-        print(f"wrote {r['csv']}: {r['images']} images over {r['classes']} classes")
+        print(f"wrote {r['csv']}: {r['images']} images over {r['classes']} classes"
+              + (f" (indices of {r['grader_classes']} ImageFolder classes)" if "grader_classes" in r else ""))
+        if r.get("never_predicted"):
+            print(f"note: {r['never_predicted']} of the training folder's {r['grader_classes']} classes were not "
+                  f"trained on (held out as unseen identities, or without images) and are never predicted; for a "
+                  f"submission train on every class (--train DIR, or --set data.split.open_identities=0)")
     elif args.mode == "verify":
         r = hw2p2.verify_known_unknown(open_model(args), args.root, args.csv, args.threshold, args.score, args.out,
                                        args.test, args.device, args.quiet)

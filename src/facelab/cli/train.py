@@ -17,9 +17,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "--init or model/init settings) it fine-tunes the pretrained SFace model on the folder's "
                        "aligned faces (recipe: configs/finetune.yaml); --init MODEL fine-tunes another model, "
                        "--init none trains --backbone from scratch. The split is seeded and saved (split.json) so "
-                       "`facelab eval` scores exactly the held-out images. A checkpoint is written atomically after "
+                       "`facelab eval` scores exactly the held-out images; --train/--val use given sets instead "
+                       "(labels in ImageFolder order), validated after every epoch with the best epoch kept in "
+                       "best.pt. A checkpoint is written atomically after "
                        "every epoch; --resume continues a stopped run.")
     p.add_argument("--data", metavar="ROOT", help="identity folder to train on (sets data.root)")
+    p.add_argument("--train", metavar="DIR|LIST",
+                   help="a given training set instead of the seeded split of --data: an identity folder (labels in "
+                   "torchvision ImageFolder's sorted order over all class folders) or a list (.csv path,label or "
+                   ".txt 'path label'; paths relative to --data, default the list's folder) or an insightface "
+                   "train.rec (sets data.train)")
+    p.add_argument("--val", metavar="DIR|LIST",
+                   help="a given validation set (same forms as --train): accuracy after every epoch, best.pt, "
+                   "early stopping with --patience (sets data.val)")
+    p.add_argument("--val-pairs", metavar="FILE",
+                   help="labelled pair list (any facelab pairs format) scored by ROC AUC after every epoch; "
+                   "best.pt is then chosen by val_auc (sets validation.pairs)")
+    p.add_argument("--val-metric", choices=("auto", "val_acc", "val_auc", "val_loss"),
+                   help="what chooses best.pt: auto (val_auc with --val-pairs, else val_acc), val_acc, val_auc, "
+                   "val_loss (sets validation.metric)")
+    p.add_argument("--patience", type=int, metavar="N",
+                   help="stop after N validated epochs without improvement (sets validation.patience; 0 = never)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoint, logs and reports (sets out_dir)")
     add_training_options(p)
     p.add_argument("--resume", action="store_true",
@@ -90,7 +108,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 TRAIN_FLAGS = {
     "data": "data.root", "out": "out_dir", "epochs": "optim.epochs", "backbone": "model.backbone",
     "loss": "loss.name", "batch_size": "data.batch_size", "lr": "optim.lr", "input_size": "data.input_size",
-    "device": "device", "align": "data.align",
+    "device": "device", "align": "data.align", "train": "data.train", "val": "data.val",
+    "val_pairs": "validation.pairs", "val_metric": "validation.metric", "patience": "validation.patience",
 }
 
 
@@ -162,13 +181,14 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from facelab.engine import train
+    from facelab.evaluation.pairs import validation_pairs
 
     cfg = train_config_from_args(args)
     if args.resume:
         changes = [o for o in training_overrides(args) if not o.startswith("out_dir=")] + list(args.overrides)
-        result = train(cfg, resume=True, quiet=args.quiet, resume_overrides=changes)
+        result = train(cfg, resume=True, quiet=args.quiet, resume_overrides=changes, pair_reader=validation_pairs)
     else:
-        result = train(cfg, quiet=args.quiet)
+        result = train(cfg, quiet=args.quiet, pair_reader=validation_pairs)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"trained {len(result.history)} epochs; checkpoint: {result.checkpoint}")
         print(f"next: facelab eval {Path(result.out_dir)}")

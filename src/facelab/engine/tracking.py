@@ -62,17 +62,34 @@ class StepLog:
 
 
 def plot_training_curves(history: list[dict], path: str | Path) -> None:
-    """Loss (and training accuracy when the loss has one) per epoch, as PNG."""
+    """Loss (and validation loss) per epoch on the left axis; training accuracy, validation accuracy and
+    verification AUC on the right when present; the best validated epoch as a dashed line. PNG."""
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(6, 4))
     ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
+    if any(h.get("val_loss") is not None for h in history):
+        ax1.plot(epochs, [h.get("val_loss") for h in history], color="tab:blue", linestyle=":", label="val loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss", color="tab:blue")
-    if any(h.get("train_acc") is not None for h in history):
+    handles, labels = ax1.get_legend_handles_labels()
+    right = [("train_acc", "train accuracy", "tab:orange", "-"), ("val_acc", "val accuracy", "tab:red", "-"),
+             ("val_auc", "val AUC", "tab:green", "-")]
+    shown = [r for r in right if any(h.get(r[0]) is not None for h in history)]
+    if shown:
         ax2 = ax1.twinx()
-        ax2.plot(epochs, [h.get("train_acc") for h in history], color="tab:orange", label="train accuracy")
-        ax2.set_ylabel("train accuracy", color="tab:orange")
+        for key, label, colour, style in shown:
+            ax2.plot(epochs, [h.get(key) for h in history], color=colour, linestyle=style, label=label)
+        ax2.set_ylabel("accuracy / AUC")
         ax2.set_ylim(0, 1.01)
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    best = [h["best_epoch"] for h in history if h.get("best_epoch")]
+    if best:
+        ax1.axvline(best[-1], color="grey", linestyle="--", linewidth=1)
+        handles.append(ax1.lines[-1])
+        labels.append(f"best epoch ({best[-1]})")
+    if len(handles) > 1:
+        ax1.legend(handles, labels, fontsize=8, loc="center right")
     ax1.set_title("training")
     ax1.grid(True, alpha=0.3)
     save_figure(fig, path)

@@ -29,10 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from facelab.config import TrainConfig, apply_overrides, from_dict, save_yaml, to_dict, validate
+from facelab.config import TrainConfig, apply_overrides, from_dict, save_yaml, to_dict, validate, validation_metric
 from facelab.data import FaceDataset, SplitManifest, eval_transform, make_split, scan_folder, train_transform
+from facelab.data.batch_augment import BatchAugment, BatchCollate, batchable
 from facelab.data.folder import align_faces
+from facelab.data.given import given_manifest, load_given
 from facelab.data.sampler import SAMPLERS, PKBatchSampler, build_batch_sampler
+from facelab.data.transforms import augmentation_steps
 from facelab.engine.amp import Precision, resolve_precision
 from facelab.engine.ema import ModelEMA
 from facelab.engine.finetune import (
@@ -57,14 +60,15 @@ from facelab.engine.state import (
     sharded_parameters,
 )
 from facelab.engine.tracking import StepLog, plot_training_curves
+from facelab.engine.validation import BestTracker, PairReader, Validator
 from facelab.errors import FacelabError
 from facelab.losses import LOSSES, DistillLoss, FaceLoss, build_loss
 from facelab.models import BACKBONES, count_parameters
 from facelab.models.base import MIN_INPUT
 from facelab.models.onnx_graph import ONNX_BACKBONE
-from facelab.runs import CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
+from facelab.runs import BEST, CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
 from facelab.utils import distributed as D
-from facelab.utils.device import resolve_device
+from facelab.utils.device import default_batch_size, resolve_device
 from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open, write_json
 
@@ -130,6 +134,7 @@ def _validate(cfg: TrainConfig, world: int) -> None:
     if cfg.model.backbone != ONNX_BACKBONE:  # a resumed fine-tune of an ONNX model rebuilds from its graph
         BACKBONES.get(cfg.model.backbone)
     LOSSES.get(cfg.loss.name)
+    augmentation_steps(cfg.data)  # step names and options
     OPTIMIZERS.get(cfg.optim.name)
     SCHEDULERS.get(cfg.optim.scheduler)
     if cfg.data.sampler != "auto":
@@ -166,7 +171,8 @@ def resume_config(stored: dict[str, Any], overrides: list[str]) -> tuple[TrainCo
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_after_epochs: int | None = None,
-          stop_after_steps: int | None = None, resume_overrides: list[str] | None = None) -> TrainResult:
+          stop_after_steps: int | None = None, resume_overrides: list[str] | None = None,
+          pair_reader: PairReader | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out_dir/checkpoint.pt`` with the config stored there.
 
     ``resume_overrides`` (``key=value``, only :data:`RESUME_KEYS`) change that stored config, e.g. a lower
@@ -174,6 +180,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
     the new length, for ``optim.epochs``). ``stop_after_epochs`` / ``stop_after_steps`` end the process' work early,
     without a final checkpoint (as a kill would) -- used by tests of resume. Under torchrun every process calls
     this; only rank 0 writes files.
+
+    With validation (``data.val``, ``validation.*``) every epoch is scored after training, ``best.pt`` holds the
+    best epoch by ``validation.metric`` and ``validation.patience`` stops early; ``pair_reader`` reads
+    ``validation.pairs`` (``facelab.evaluation.pairs.validation_pairs``; facelab.api and the CLI pass it).
 
     Raises:
         FacelabError: an invalid config (naming the key), a data folder or split that cannot train the loss, a loss
@@ -183,7 +193,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False, stop_afte
         raise FacelabError("resume_overrides only apply with resume=True")
     ctx = D.setup(resolve_device(cfg.device).type)
     try:
-        run = _Run(cfg, ctx, resume, quiet or not ctx.is_main, resume_overrides)
+        run = _Run(cfg, ctx, resume, quiet or not ctx.is_main, resume_overrides, pair_reader)
         return run.fit(stop_after_epochs, stop_after_steps)
     finally:
         D.teardown(ctx)
@@ -193,7 +203,7 @@ class _Run:
     """One training run in one process: built in ``__init__``, trained by ``fit``."""
 
     def __init__(self, cfg: TrainConfig, ctx: D.DistContext, resume: bool, quiet: bool,
-                 resume_overrides: list[str] | None = None) -> None:
+                 resume_overrides: list[str] | None = None, pair_reader: PairReader | None = None) -> None:
         self.ctx, self.quiet = ctx, quiet
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / CHECKPOINT
@@ -230,8 +240,8 @@ class _Run:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.precision: Precision = resolve_precision(cfg.train.amp, self.device)
-        if not cfg.data.root:
-            raise FacelabError("no data folder given: set data.root in the config or pass --data")
+        if not cfg.data.root and not cfg.data.train:
+            raise FacelabError("no data folder given: set data.root in the config or pass --data (or --train DIR)")
         if cfg.train.tensorboard and ctx.is_main:
             require_tensorboard()
         if cfg.train.sync_bn and ctx.enabled and self.device.type != "cuda":
@@ -239,20 +249,33 @@ class _Run:
         if state is not None:
             manifest = SplitManifest.from_dict(state["manifest"])
         else:
-            manifest = SplitManifest.from_dict(D.run_on_main(ctx, self._prepare_folder))
+            prepare = self._prepare_given if cfg.data.train else self._prepare_folder
+            manifest = SplitManifest.from_dict(D.run_on_main(ctx, prepare))
+            if cfg.data.train:  # manifest paths are relative to the common folder of the given sets
+                cfg.data.root = manifest.root
         self.manifest = manifest
         if init_note:  # said once the data is known to be there, so a bad folder stays a one-line error
             self.say(init_note)
         r = manifest.report
-        self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
-                 f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
-                 f"({r['open_test_images']} images)")
+        if r.get("given"):
+            self.say(f"data: given split: {r['train_images']} training images of {manifest.num_classes} classes "
+                     f"(ImageFolder order; {len(r['empty_classes'])} without images), {r['closed_test_images']} "
+                     f"validation images")
+            if r.get("hidden_folders"):
+                self.say(f"note: {len(r['hidden_folders'])} hidden folder(s) in {r['given']['train']} "
+                         f"({', '.join(r['hidden_folders'][:3])}) are not classes here, but torchvision's ImageFolder "
+                         f"counts them: remove them so a grader's labels match")
+        else:
+            self.say(f"data: {r['train_images']} training images of {manifest.num_classes} identities; held out "
+                     f"{r['closed_test_images']} closed-set images and {r['open_identities']} unseen identities "
+                     f"({r['open_test_images']} images)")
         if r.get("closed_capped"):
             self.say(f"data: held out fewer than {cfg.data.split.closed_images_per_identity} closed-set images of "
                      f"{len(r['closed_capped'])} identities with few photos, to keep at least "
                      f"{cfg.data.split.min_train_images} for training and take at most "
                      f"{cfg.data.split.closed_max_fraction:.0%} (split.json: report.closed_capped)")
         self._build(state)
+        self._setup_validation(pair_reader)
         self.state = state
         if state is not None:
             self._restore(state)
@@ -281,6 +304,89 @@ class _Run:
         save_yaml(cfg, self.out / CONFIG)
         return manifest.to_dict()
 
+    def _prepare_given(self) -> dict[str, Any]:
+        """The manifest of a given split (``data.train`` / ``data.val``, see facelab.data.given)."""
+        cfg = self.cfg
+        if cfg.data.align != "none" and str(cfg.data.train).lower().endswith(".rec"):
+            raise FacelabError(f"{cfg.data.train} holds aligned face crops (insightface RecordIO): set data.align "
+                               f"none (and init.align none when fine-tuning)")
+        train_set = load_given(cfg.data.train, cfg.data.root or None)
+        val_set = load_given(cfg.data.val, cfg.data.root or None) if cfg.data.val else None
+        for given in (train_set, val_set):
+            if given is None:
+                continue
+            if cfg.data.align != "none":
+                folder = given.to_folder()
+                self.say(f"faces ({given.source}): {align_faces(folder, cfg.data, progress=not self.quiet)}")
+                given.keep(folder)
+            self.say(f"data ({given.source}): {given.report.summary(len(given.items))}")
+        manifest = given_manifest(train_set, val_set)
+        self.out.mkdir(parents=True, exist_ok=True)
+        manifest.save(self.out / SPLIT)
+        cfg.data.root = manifest.root
+        save_yaml(cfg, self.out / CONFIG)
+        return manifest.to_dict()
+
+    def _setup_validation(self, pair_reader: PairReader | None) -> None:
+        """The per-epoch validator and best-epoch tracker, when validation is on (``validation.enabled``; by
+        default when ``data.val`` or ``validation.pairs`` is given). Raises FacelabError when the chosen metric
+        cannot be measured (no validation images, a loss without class scores for val_acc)."""
+        cfg, v = self.cfg, self.cfg.validation
+        self.validator: Validator | None = None
+        self.best: BestTracker | None = None
+        enabled = v.enabled if v.enabled is not None else bool(cfg.data.val or v.pairs)
+        if not enabled:
+            return
+        metric = validation_metric(cfg)
+        items = self.manifest.closed_test
+        if not items and not v.pairs:
+            raise FacelabError("validation needs validation images (data.val / --val, or the split's closed-set "
+                               "hold-out) or a pair list (validation.pairs)")
+        if metric in ("val_acc", "val_loss") and not items:
+            raise FacelabError(f"validation.metric {metric} needs validation images (data.val / --val)")
+        if metric == "val_acc" and self.loss_fn.logits(torch.zeros(1, cfg.model.embedding_dim,
+                                                                   device=self.device)) is None:
+            raise FacelabError(f"validation.metric val_acc needs class scores, which loss '{cfg.loss.name}' does not "
+                               f"have: validate with a pair list (validation.pairs, metric val_auc) or val_loss")
+        pairs = None
+        if v.pairs:
+            if pair_reader is None:
+                raise FacelabError("validation.pairs needs a pair-list reader: train through facelab.train or the "
+                                   "facelab train command")
+            if self.ctx.is_main:
+                pairs = pair_reader(v.pairs, v.pairs_root or None, v.pairs_format or None)
+        from facelab.faces.cache import reader_for
+
+        self.best = BestTracker(metric, v.patience, v.min_delta)
+        if self.ctx.is_main:
+            self.validator = Validator(Path(cfg.data.root), items, pairs, cfg.data.input_size,
+                                       eval_transform(cfg.data), self.device,
+                                       cfg.eval.batch_size or default_batch_size(self.device), v.flip_tta,
+                                       reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
+                                       cfg.data.cache_images, not self.quiet)
+        self.say(f"validation: {len(items)} images" + (f", pair list {pairs.name} ({len(pairs.first)} pairs)"
+                                                        if pairs is not None else "")
+                 + f"; best.pt by {metric}" + (f", early stop after {v.patience} epochs without improvement"
+                                               if v.patience else ""))
+
+    def _validate_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Score the epoch (rank 0), add the figures to ``record``; returns whether it is the best so far. Every
+        rank learns whether training stops early."""
+        assert self.best is not None
+        improved = False
+        if self.validator is not None:
+            model = self.backbone
+            if self.ema is not None:  # evaluation reads the average: validate what best.pt will hold
+                model = copy.deepcopy(self.backbone)
+                model.load_state_dict(self.ema.state_dict())
+            sharded_ddp = bool(self.sharded) and self.ctx.enabled  # each rank holds a slice of the class head
+            record.update(self.validator(model, None if sharded_ddp else self.loss_fn))
+            improved = self.best.update(epoch, record.get(self.best.metric))
+            record["best_epoch"] = self.best.epoch
+        if self.ctx.enabled:
+            self.best.stopped = D.all_reduce_sum(self.ctx, [float(self.best.stopped)], self.device)[0] > 0
+        return improved
+
     def _build(self, state: dict[str, Any] | None) -> None:
         cfg, ctx, device = self.cfg, self.ctx, self.device
         seed_everything(cfg.seed)
@@ -300,10 +406,14 @@ class _Run:
 
         from facelab.faces.cache import reader_for
 
-        self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size, train_transform(cfg.data),
+        fast = cfg.data.pipeline == "fast"
+        collate = BatchCollate(BatchAugment(cfg.data)) if fast and batchable(cfg.data) else None
+        self.dataset = FaceDataset(cfg.data.root, self.manifest.train, cfg.data.input_size,
+                                   None if collate is not None else train_transform(cfg.data),
                                    cache=cfg.data.cache_images,
                                    reader=reader_for(cfg.data.align, cfg.data.input_size, cfg.data.align_options),
-                                   progress=not self.quiet)
+                                   progress=not self.quiet, fast_decode=fast, cache_dir=cfg.data.cache_dir or None,
+                                   cache_key=f"align={cfg.data.align}:{sorted(cfg.data.align_options.items())}")
         if len(self.dataset) < 2:
             raise FacelabError(f"need at least 2 training images for BatchNorm, got {len(self.dataset)}")
         self._setup_finetune(loss_fn)
@@ -321,6 +431,7 @@ class _Run:
         self.batch_sampler = D.ShardedBatchSampler(base, ctx.rank, ctx.world)
         self.loader = DataLoader(self.dataset if self.targets is None else Indexed(self.dataset),
                                  batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
+                                 collate_fn=collate,
                                  persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
         self.steps = len(self.loader) // cfg.optim.accumulate
         if self.steps == 0:
@@ -425,6 +536,8 @@ class _Run:
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.history = list(state["history"])
+        if self.best is not None:
+            self.best.load(state.get("best"))
         self.resumes = list(state.get("resumes", []))
         if self.changed:
             self.resumes.append({"epoch": int(state["epoch"]), "step": int(state.get("step", 0)),
@@ -434,8 +547,10 @@ class _Run:
         self.batches_done = int(state.get("batches_done", 0))
         self.partial = state.get("partial")
 
-    def _checkpoint(self, epoch_done: int, batches_done: int, partial: dict[str, Any] | None) -> None:
-        """Collective: every rank calls it, rank 0 writes the merged file atomically."""
+    def _checkpoint(self, epoch_done: int, batches_done: int, partial: dict[str, Any] | None,
+                    best: bool = False) -> None:
+        """Collective: every rank calls it, rank 0 writes the merged file atomically; with ``best`` also
+        ``best.pt`` (first, so a kill between the two leaves a checkpoint that redoes the epoch)."""
         loss_state = merged_module_state(self.loss_fn, self.ctx)
         opt_state = merged_optimizer_state(self.optimizer, self.loss_fn, self.ctx)
         rng = gather_rng_states(self.ctx, self.device)
@@ -457,15 +572,24 @@ class _Run:
             "history": self.history,
             "resumes": self.resumes,
         }
+        if self.best is not None:
+            state["best"] = self.best.state()
         if self.ema is not None:  # evaluation reads "model": give it the average, keep the raw weights to resume
             state.update(model=self.ema.state_dict(), train_model=self.backbone.state_dict(),
                          ema_updates=self.ema.updates)
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if best:
+            save_checkpoint(self.out / BEST, state)
         save_checkpoint(self.ckpt_path, state)
 
     def fit(self, stop_after_epochs: int | None, stop_after_steps: int | None) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
+        if self.best is not None and self.best.stopped:
+            self.say(f"this run stopped early after epoch {self.start_epoch} (validation.patience "
+                     f"{self.best.patience}); best.pt holds epoch {self.best.epoch} ({self.best.metric} "
+                     f"{self.best.value}): nothing to resume")
+            return TrainResult(self.out, self.ckpt_path, self.history, 0.0)
         k = cfg.optim.accumulate
         per_epoch = self.steps * k  # micro-batches used per epoch (a remainder short of ``k`` is skipped)
         tracker = None
@@ -553,22 +677,32 @@ class _Run:
                       "train_acc": correct / seen if no_acc == 0 and seen else None,
                       "images_per_s": seen / dt if dt > 0 else math.nan, "seconds": dt,
                       "lr": self.optimizer.param_groups[0]["lr"]}
+            improved = self._validate_epoch(epoch + 1, record) if self.best is not None else False
             self.history.append(record)
-            self._checkpoint(epoch + 1, 0, None)
+            self._checkpoint(epoch + 1, 0, None, best=improved)
             if tracker is not None:
                 with open(self.out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 tracker.epoch(self.global_step, record)
             acc = f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else ""
-            self.say(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {record['loss']:.4f}{acc} "
+            val = "".join(f" {k} {record[k]:.4f}" for k in ("val_loss", "val_acc", "val_auc")
+                          if record.get(k) is not None)
+            val += " (best)" if improved else ""
+            self.say(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {record['loss']:.4f}{acc}{val} "
                      f"{record['images_per_s']:.0f} img/s")
+            if self.best is not None and self.best.stopped:
+                value = "none" if self.best.value is None else f"{self.best.value:.4f}"
+                self.say(f"early stop: {self.best.metric} did not improve for {self.best.patience} epochs; best.pt "
+                         f"holds epoch {self.best.epoch} ({self.best.metric} {value})")
+                break
         bar.close()
         if tracker is not None:
             tracker.close()
         if len(self.dataset.failed):
             self.say(f"data: {len(self.dataset.failed)} image(s) failed to decode during training and were replaced: "
                      f"{', '.join(sorted(self.dataset.failed)[:5])}")
-        if len(self.history) == cfg.optim.epochs and ctx.is_main:
+        stopped = self.best is not None and self.best.stopped
+        if (len(self.history) == cfg.optim.epochs or stopped) and ctx.is_main:
             plot_training_curves(self.history, self.out / "training_curves.png")
             write_json(self.out / "training_curves.json", self.history)
         return TrainResult(self.out, self.ckpt_path, self.history, time.perf_counter() - t_start)

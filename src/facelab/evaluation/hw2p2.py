@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facelab.data.given import image_folder_classes
 from facelab.errors import FacelabError
 from facelab.evaluation.identification import (
     best_open_set_accuracy,
@@ -32,12 +33,13 @@ from facelab.evaluation.identification import (
     search,
 )
 from facelab.evaluation.metrics import DEFAULT_FAR_TARGETS, normalize, score_type
-from facelab.evaluation.pairs import PAIR_READERS, PairList, _Indexer, read_pairs, score_pairs
+from facelab.evaluation.pairs import read_hw2p2_pairs, read_pairs, score_pairs  # noqa: F401 (re-exported)
 from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.images import list_images as _list_files
 from facelab.inference.model import FaceModel, load_model
+from facelab.runs import LoadedRun
 from facelab.utils.io import atomic_open
-from facelab.utils.textfile import TextFileError, path_component, read_csv, read_lines, relative_path
+from facelab.utils.textfile import TextFileError, path_component, read_csv, relative_path
 
 UNKNOWN = "n000000"
 IMAGE_COLUMNS = ("unknown_dev", "id", "image")
@@ -45,11 +47,39 @@ IDENTITY_COLUMNS = ("known", "label", "identity")
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """The images of a flat folder, chosen by content (sorted)."""
+    """The images of a flat folder, chosen by content (sorted). A folder holding no image but exactly one
+    sub-folder (``test/<any>/``, the wrapping ImageFolder-based loaders need) is read through it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FacelabError(f"image folder not found: {folder}")
-    return [folder / p for p in _list_files(folder, recursive=False, verify=False).images]
+    found = [folder / p for p in _list_files(folder, recursive=False, verify=False).images]
+    subs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not found and len(subs) == 1:
+        return list_images(subs[0])
+    return found
+
+
+def grader_classes(run: LoadedRun, data_root: str | Path | None = None) -> list[str]:
+    """The class list a grader numbers classes by: torchvision ImageFolder's sorted list of every class folder of
+    the training folder. A run trained on a given split (``--train``) stores it; a seeded split trained on some of
+    the folder's identities only, so the folder (``data_root``, default the run's ``data.root``) is listed again.
+
+    Raises:
+        FacelabError: the training folder is gone, or the run's classes are not all in it.
+    """
+    manifest = run.manifest
+    if manifest.report.get("given"):
+        return list(manifest.classes)
+    root = Path(data_root or run.cfg.data.root)
+    if not root.is_dir():
+        raise FacelabError(f"class indices follow ImageFolder's order over the training folder {root}, which is not "
+                           f"there: pass --data with the folder the run was trained on")
+    classes = image_folder_classes(root)
+    stray = [c for c in manifest.classes if c not in set(classes)]
+    if stray:
+        raise FacelabError(f"{root} is not the folder the run was trained on: it has no class folder {stray[0]} "
+                           f"(pass --data)")
+    return classes
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -70,7 +100,13 @@ def classify_folder(run: str | Path | FaceModel, test_dir: str | Path, out_csv: 
                     data_root: str | Path | None = None, index_labels: bool = False, device: str | None = None,
                     quiet: bool = False) -> dict[str, Any]:
     """Predict a training identity for every image of ``test_dir``: the loss's class scores, or for metric losses
-    the nearest class centre of the training embeddings (which needs the training data, ``data_root``)."""
+    the nearest class centre of the training embeddings (which needs the training data, ``data_root``).
+
+    Writes ``id,label`` rows (file name; the class folder name, or with ``index_labels`` its index in ImageFolder's
+    order over every class folder of the training folder, :func:`grader_classes` -- the numbering a grader using
+    ``torchvision.datasets.ImageFolder`` expects, whatever the run held out). Returns counts; ``never_predicted``
+    counts the grader's classes the run did not train on (held out as unseen identities, or without images).
+    """
     fm = _model(run, device)
     if fm.run is None:
         raise FacelabError(f"classification needs a training run (its classes and loss); {fm.ref} is a {fm.kind}")
@@ -90,9 +126,18 @@ def classify_folder(run: str | Path | FaceModel, test_dir: str | Path, out_csv: 
         centres = normalize(np.stack([normalize(train)[y == c].mean(0) for c in range(lr.manifest.num_classes)]))
         scores = normalize(emb) @ centres.T
     pred = scores.argmax(1)
-    labels = [int(c) if index_labels else lr.manifest.classes[c] for c in pred]
+    names = [lr.manifest.classes[c] for c in pred]
+    doc: dict[str, Any] = {"images": len(images), "classes": lr.manifest.num_classes, "csv": str(out_csv)}
+    if index_labels:
+        order = grader_classes(lr, data_root)
+        index = {name: i for i, name in enumerate(order)}
+        labels: list[Any] = [index[n] for n in names]
+        doc["grader_classes"] = len(order)
+        doc["never_predicted"] = len(order) - lr.manifest.num_classes  # held out, dropped or empty: not trained
+    else:
+        labels = names
     write_csv(out_csv, ["id", "label"], [[p.name, lab] for p, lab in zip(images, labels, strict=True)])
-    return {"images": len(images), "classes": lr.manifest.num_classes, "csv": str(out_csv)}
+    return doc
 
 
 # ------------------------------------------------------------------------------------------ known / unknown (open set)
@@ -170,30 +215,6 @@ def verify_known_unknown(run: str | Path | FaceModel, root: str | Path, dev_csv:
 
 
 # -------------------------------------------------------------------------------------------- older pair-list layout
-
-@PAIR_READERS.register("hw2p2")
-def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
-    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt), paths relative to ROOT
-    (absolute paths and ``..`` are refused)."""
-    root = Path(root) if root else path.parent
-    index = _Indexer()
-    first, second, labels = [], [], []
-    for n, line in read_lines(path, "pair list"):
-        parts = line.split()
-        if len(parts) not in (2, 3):
-            raise TextFileError(f"{path}:{n}: expected 'img1 img2 [label]', got {line[:80]!r}")
-        first.append(index(root / relative_path(parts[0], path, n)))
-        second.append(index(root / relative_path(parts[1], path, n)))
-        if len(parts) == 3:
-            if parts[2] not in ("0", "1"):
-                raise TextFileError(f"{path}:{n}: label must be 0 or 1, got {parts[2][:20]!r}")
-            labels.append(parts[2] == "1")
-    if labels and len(labels) != len(first):
-        raise FacelabError(f"{path}: some lines have a label and some do not")
-    fold = np.arange(len(first)) * folds // max(len(first), 1)
-    return PairList(path, index.images, np.array(first), np.array(second),
-                    np.array(labels) if labels else None, fold, root, [path])
-
 
 def score_pair_file(run: str | Path | FaceModel, pair_file: str | Path, data_root: str | Path | None = None,
                     out_dir: str | Path | None = None, device: str | None = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import pickle
 import re
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facelab.engine.validation import ValidationPairs
 from facelab.errors import FacelabError
 from facelab.evaluation.metrics import (
     DEFAULT_FAR_TARGETS,
@@ -129,6 +131,29 @@ def stratified_folds(labels: np.ndarray, k: int) -> np.ndarray:
             raise FacelabError(f"cannot cut {len(idx)} {what} pairs into {k} folds (--folds)")
         folds[idx] = np.arange(len(idx)) * k // len(idx)
     return folds
+
+
+log = logging.getLogger(__name__)
+
+
+def one_class_folds(labels: np.ndarray | None, folds: np.ndarray) -> list[int]:
+    """The folds holding pairs of one class only, in a labelled list that has both: a list sorted by label (all
+    matched pairs, then all mismatched) cut into consecutive folds. k-fold accuracy then chooses each fold's
+    threshold on folds of the other class and reads below chance."""
+    if labels is None:
+        return []
+    labels = np.asarray(labels, bool)
+    if labels.all() or not labels.any():
+        return []
+    return [int(f) for f in np.unique(folds) if len(np.unique(labels[folds == f])) == 1]
+
+
+def warn_one_class_folds(path: Path, labels: np.ndarray | None, folds: np.ndarray, fix: str) -> None:
+    """Log a one-line warning naming ``path`` when :func:`one_class_folds` finds any (``fix`` says what to do)."""
+    bad = one_class_folds(labels, folds)
+    if bad:
+        log.warning("%s: %d of %d folds hold pairs of one class only (the list is sorted by label), so k-fold "
+                    "accuracy is meaningless (below chance); %s", path, len(bad), len(np.unique(folds)), fix)
 
 
 #: format name -> ``reader(path, image_root, folds) -> PairList``
@@ -283,8 +308,37 @@ def read_csv_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
         if cols["fold"] is not None:
             fold.append(_int_field(table.field(row, cols["fold"], "fold"), path, line, "fold"))
     folds_arr = np.array(fold) if fold else contiguous_folds(len(first), folds)
+    if not fold and labels:
+        warn_one_class_folds(path, np.array(labels), folds_arr, "add a fold column (img1,img2,label,fold) or "
+                             "interleave matched and mismatched pairs")
     return PairList(path, index.images, np.array(first), np.array(second),
                     np.array(labels) if labels else None, folds_arr, root, [path])  # type: ignore[arg-type]
+
+
+@PAIR_READERS.register("hw2p2")
+def read_hw2p2_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
+    """Whitespace-separated ``img1 img2 [label]`` (HW2P2's verification_pairs_*.txt; CMU 11-785), paths relative to ROOT
+    (absolute paths and ``..`` are refused)."""
+    root = Path(root) if root else path.parent
+    index = _Indexer()
+    first, second, labels = [], [], []
+    for n, line in read_lines(path, "pair list"):
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            raise TextFileError(f"{path}:{n}: expected 'img1 img2 [label]', got {line[:80]!r}")
+        first.append(index(root / relative_path(parts[0], path, n)))
+        second.append(index(root / relative_path(parts[1], path, n)))
+        if len(parts) == 3:
+            if parts[2] not in ("0", "1"):
+                raise TextFileError(f"{path}:{n}: label must be 0 or 1, got {parts[2][:20]!r}")
+            labels.append(parts[2] == "1")
+    if labels and len(labels) != len(first):
+        raise FacelabError(f"{path}: some lines have a label and some do not")
+    fold = np.arange(len(first)) * folds // max(len(first), 1)
+    if labels:
+        warn_one_class_folds(path, np.array(labels), fold, "interleave matched and mismatched lines")
+    return PairList(path, index.images, np.array(first), np.array(second),
+                    np.array(labels) if labels else None, fold, root, [path])
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
@@ -350,8 +404,10 @@ def read_bin_pairs(path: Path, root: Path | None, folds: int = 10) -> PairList:
     index = _Indexer()
     first = [index((f"{path}#{2 * i}", bins[2 * i])) for i in range(len(issame))]
     second = [index((f"{path}#{2 * i + 1}", bins[2 * i + 1])) for i in range(len(issame))]
-    return PairList(path, index.images, np.array(first), np.array(second), np.array(issame),
-                    contiguous_folds(len(issame), folds), None, [path])
+    fold = contiguous_folds(len(issame), folds)
+    warn_one_class_folds(path, np.array(issame), fold, "insightface's own .bin files alternate blocks of matched "
+                         "and mismatched pairs; rebuild this one that way")
+    return PairList(path, index.images, np.array(first), np.array(second), np.array(issame), fold, None, [path])
 
 
 def combine_pair_lists(lists: Sequence[PairList], folds: int) -> PairList:
@@ -521,3 +577,16 @@ def format_pairs_table(doc: dict) -> str:
         rows.append(f"  {name:<11} {kf['folds']}-fold accuracy {kf['accuracy_mean']:.4f} ± {kf['accuracy_std']:.4f}"
                     f"  AUC {v['roc_auc']:.4f}  EER {v['eer']:.4f}  TAR@FAR {tar}")
     return "\n".join(rows)
+
+
+def validation_pairs(path: str, root: str | None = None, fmt: str | None = None) -> ValidationPairs:
+    """A labelled pair list for per-epoch validation during training (:mod:`facelab.engine.validation`).
+
+    Raises:
+        FacelabError: as :func:`read_pairs`, a list without labels, or missing images (named).
+    """
+    pairs = read_pairs(path, root, fmt)
+    if pairs.labels is None:
+        raise FacelabError(f"{pairs.name} has no labels: validation.pairs needs a labelled pair list")
+    pairs.require_images()
+    return ValidationPairs(pairs.name, pairs.images, pairs.first, pairs.second, pairs.labels)

@@ -120,6 +120,12 @@ def evaluate(run: str | Path | FaceModel, data_root: str | None = None, out_dir:
     if (compare_init or reference_pairs) and not cfg.init.model:
         raise FacelabError(f"{run} was trained from scratch: --compare-init and --reference-pairs compare a "
                            f"fine-tuned run with the model it started from")
+    if not manifest.closed_test and not manifest.open_test:
+        given = manifest.report.get("given")
+        how = ("a given split without a validation set (--val)" if given else
+               "data.split.open_identities=0 and data.split.closed_images_per_identity=0")
+        raise FacelabError(f"{run} has no held-out images to score: it was trained on {how}; score it on other data "
+                           f"with facelab pairs, identify-eval or hw2p2")
     out = Path(out_dir) if out_dir else loaded.path
     split, curves = score_split(model, manifest, root, cfg.eval.far_targets, loss_fn, flip=flip,
                                 batch_size=cfg.eval.batch_size, quiet=quiet)
