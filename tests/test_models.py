@@ -163,8 +163,9 @@ def test_cli_models_lists_every_backbone(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_models_conv_comparison(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--conv", "in=3", "out=256", "k=5", "hw=8"]) == 0
     out = capsys.readouterr().out
-    assert "19200" in out and "843" in out  # N*M*K^2 and M*K^2 + N*M
-    assert str(19200 * 64) in out and str(843 * 64) in out
+    rows = {line.split()[0]: line.split()[-2:] for line in out.splitlines()[2:6]}
+    assert rows == {"standard": ["19200", str(19200 * 64)], "depthwise": ["75", str(75 * 64)],
+                    "pointwise": ["768", str(768 * 64)], "depthwise-separable": ["843", str(843 * 64)]}
     assert main(["models", "--conv", "in=3", "k=5"]) == 2
     assert "missing out=N, hw=N" in capsys.readouterr().err
 
