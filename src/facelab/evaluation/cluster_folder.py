@@ -101,12 +101,47 @@ def _check_out(root: Path, out: Path) -> None:
                            "clustered next time; choose a folder outside it")
 
 
+@dataclass
+class EmbeddedFolder:
+    """Every image under ``root`` embedded once: ``paths`` (relative) with unit ``embeddings`` (N, D) float32, the
+    file ``tally`` (unusable files with reasons) and how many faces were used without detection."""
+
+    root: Path
+    paths: list[str]
+    embeddings: np.ndarray
+    tally: FileTally
+    undetected: int
+
+
+def embed_folder(root: str | Path, model: FaceModel, *, batch_size: int = 64, progress: bool = True) -> EmbeddedFolder:
+    """One face per image under ``root`` through the model's :class:`~facelab.inference.embedder.Embedder`.
+
+    Raises:
+        FacelabError: a missing folder, or one without a usable image.
+    """
+    root = Path(root)
+    tally = list_images(root, verify=False)  # decoded once, when embedding
+    candidates = sorted(tally.images + [p for p, _ in tally.failed])
+    if not candidates:
+        raise FacelabError(f"no images under {root} ({tally.summary(0)})")
+    res = model.embedder(batch_size=batch_size, progress=progress).embed(
+        [root / p for p in candidates], desc="embed", strict=False, names=candidates)
+    paths = [candidates[i] for i in res.done]
+    failed = dict(tally.failed)
+    failed.update({candidates[i]: r for i, r in res.failed})
+    tally.images, tally.failed = paths, sorted(failed.items())
+    if not paths:
+        raise FacelabError(f"no usable face under {root} ({tally.summary(0)})")
+    return EmbeddedFolder(root, paths, unit(res.embeddings), tally, res.counts().get("undetected", 0))
+
+
 def cluster_folder(root: str | Path, model: FaceModel, out: str | Path, *, method: str = "agglomerative",
                    threshold: float | None = None, target_far: float | None = None, min_samples: int = 2,
                    link: str = "symlink", sheet_clusters: int = 20, sheet_faces: int = 10, batch_size: int = 64,
-                   progress: bool = True) -> ClusterReport:
+                   progress: bool = True, embedded: EmbeddedFolder | None = None) -> ClusterReport:
     """Embed, cluster and write (see the module docstring). ``threshold`` (a cosine score) overrides the model's
-    calibrated 1:1 threshold, ``target_far`` re-targets it; HDBSCAN uses neither.
+    calibrated 1:1 threshold, ``target_far`` re-targets it; HDBSCAN uses neither. ``embedded``: the folder already
+    embedded by :func:`embed_folder` with this model (to cluster it several ways).
 
     Raises:
         FacelabError: a missing folder or one without a usable image, OUT inside DIR, an unknown method or link
@@ -123,28 +158,18 @@ def cluster_folder(root: str | Path, model: FaceModel, out: str | Path, *, metho
     else:
         t = model.threshold(VERIFICATION, threshold, target_far)
         value, source = t.value, t.source
-    tally = list_images(root, verify=False)  # decoded once, when embedding
-    candidates = sorted(tally.images + [p for p, _ in tally.failed])
-    if not candidates:
-        raise FacelabError(f"no images under {root} ({tally.summary(0)})")
-    res = model.embedder(batch_size=batch_size, progress=progress).embed(
-        [root / p for p in candidates], desc="embed", strict=False, names=candidates)
-    paths = [candidates[i] for i in res.done]
-    failed = dict(tally.failed)
-    failed.update({candidates[i]: r for i, r in res.failed})
-    tally.images, tally.failed = paths, sorted(failed.items())
-    if not paths:
-        raise FacelabError(f"no usable face under {root} ({tally.summary(0)})")
-    labels = cluster_embeddings(unit(res.embeddings), method, value, min_samples)
-    report = ClusterReport(root, out, method, paths, labels, value, source, tally)
+    if embedded is None:
+        embedded = embed_folder(root, model, batch_size=batch_size, progress=progress)
+    paths = embedded.paths
+    labels = cluster_embeddings(embedded.embeddings, method, value, min_samples)
+    report = ClusterReport(root, out, method, paths, labels, value, source, embedded.tally)
     report.identities = identities_of(paths)
     if report.identities is not None:
         report.scores = score_clustering(labels, report.identities)
     else:
         report.notes.append("not scored: the images are not all in identity subfolders (at least two)")
-    undetected = res.counts().get("undetected", 0)
-    if undetected:
-        report.notes.append(f"{undetected} image(s) used without detection (no face found)")
+    if embedded.undetected:
+        report.notes.append(f"{embedded.undetected} image(s) used without detection (no face found)")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / CSV, "w") as fh:
         fh.write("path,cluster\n")
