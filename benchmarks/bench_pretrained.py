@@ -5,11 +5,18 @@ converted model beside the same weights run by onnxruntime directly, timed side 
         --data ../shared/data/lfw_deepfunneled --model sface --threads 2 --out bench/pretrained
     .venv/bin/python benchmarks/bench_pretrained.py speed --model sface --threads 1 --batch 32 --seconds 30
 
-``lfw``: every image of the pair list is detected and aligned once (``facelab.faces.base.prepare_faces``: YuNet and
+``lfw``: every image of the pair list is detected and aligned once (``facelab.faces.pipeline.prepare_faces``: YuNet and
 the 5-point ArcFace template, as every facelab command does), the crops cached in --work, then
 embedded by the facelab model with flip TTA; cosine scores go through facelab's k-fold protocol (threshold chosen
 on the other folds). Writes pairs.json / pairs.md / ROC, DET and histogram PNGs into --out, plus the threshold at
 FAR=1e-3 (the registry's reference threshold comes from here).
+
+``lfw-1n``: the reference 1:N (open-set identification) threshold of a pretrained model. A gallery of --gallery
+LFW identities with >= 4 images (seeded choice), each enrolled with its first 3 images; mated searches: up to 3 more
+images of each; non-mated searches (strangers): one image of each of --strangers other identities. The threshold is
+the lowest with FPIR <= --target-fpir on all searches (facelab's ``calibrate_open_set``), and the FPIR it gives on
+strangers it was not chosen on is measured by 2-fold cross-validation over the strangers. Writes
+--out/lfw_1n_<model>.json; the registry's ``identification_threshold`` comes from here.
 
 ``speed``: facelab's model (torch, eval, inference_mode) and onnxruntime on the cleaned ONNX graph (same fp32
 weights, the same number of intra-op threads) embed the same batches of real aligned faces in alternation; the
@@ -39,7 +46,8 @@ from tqdm import tqdm
 from facelab.errors import FacelabError
 from facelab.evaluation.pairs import read_pairs, score_pairs
 from facelab.evaluation.report import write_verification_report
-from facelab.faces.base import NoFaceFound, prepare_faces
+from facelab.faces.base import NoFaceFound
+from facelab.faces.pipeline import prepare_faces
 from facelab.images import read_image
 from facelab.inference.spec import InputSpec
 from facelab.pretrained import load
@@ -116,6 +124,50 @@ def cmd_lfw(args: argparse.Namespace) -> None:
           f"alignment: {pipeline}; crops: {methods}; reports in {args.out}")
 
 
+def cmd_lfw_1n(args: argparse.Namespace) -> None:
+    from facelab.evaluation.calibration import calibrate_open_set
+    from facelab.evaluation.identification import Searches, fnir, folder_items, fpir, search, threshold_at_fpir
+    from facelab.inference.model import load_model
+
+    torch.set_num_threads(args.threads)
+    fm = load_model(args.model, accept_licence=args.accept_licence)
+    paths, labels = folder_items(args.data)
+    by_id: dict[str, list[Path]] = {}
+    for path, name in zip(paths, labels, strict=True):
+        by_id.setdefault(name, []).append(path)
+    rng = np.random.default_rng(args.seed)
+    rich = sorted(n for n, ps in by_id.items() if len(ps) >= 4)
+    enrolled = sorted(rng.choice(rich, size=min(args.gallery, len(rich)), replace=False).tolist())
+    others = sorted(set(by_id) - set(enrolled))
+    strangers = sorted(rng.choice(others, size=min(args.strangers, len(others)), replace=False).tolist())
+    g_paths = [p for n in enrolled for p in by_id[n][:3]]
+    g_labels = [n for n in enrolled for _ in by_id[n][:3]]
+    q_paths = [p for n in enrolled for p in by_id[n][3:6]] + [by_id[n][0] for n in strangers]
+    q_labels = [n for n in enrolled for _ in by_id[n][3:6]] + [f"stranger:{n}" for n in strangers]
+    emb = fm.embedder(progress=True, cache=True).embed_all(g_paths + q_paths, desc="embed gallery + searches")
+    s = search(emb[len(g_paths):], q_labels, emb[:len(g_paths)], g_labels, "cosine")
+    cal = calibrate_open_set(s, "fpir", args.target_fpir)
+    thr = cal["threshold"]
+    # 2-fold over the strangers: threshold on one half (+ all mated searches), FPIR on the other half
+    non = np.nonzero(~s.mated)[0]
+    halves = [non[0::2], non[1::2]]
+    mated = np.nonzero(s.mated)[0]
+    held = []
+    for a, b in ((0, 1), (1, 0)):
+        sub = np.r_[mated, halves[a]]
+        t = threshold_at_fpir(Searches(s.identities, s.scores[sub], s.mate[sub]), args.target_fpir)
+        held.append(fpir(Searches(s.identities, s.scores[halves[b]], s.mate[halves[b]]), t))
+    doc = {"model": args.model, "data": str(args.data), "seed": args.seed, "gallery_identities": len(enrolled),
+           "gallery_images": len(g_paths), "mated_searches": int(s.mated.sum()),
+           "non_mated_searches": int((~s.mated).sum()), "target_fpir": args.target_fpir, "threshold": thr,
+           "fpir": cal["achieved"]["fpir"], "fnir_rank1": fnir(s, thr), "dir_rank1": 1 - fnir(s, thr),
+           "held_out_fpir_2fold": float(np.mean(held)), "flip_tta": fm.spec.flip_tta, "align": fm.spec.align}
+    write_json(Path(args.out) / f"lfw_1n_{args.model}.json", doc)
+    print(f"{args.model}: 1:N threshold {thr:.4f} at FPIR {args.target_fpir:g} (gallery {len(enrolled)} LFW identities "
+          f"x 3 images, {doc['mated_searches']} mated / {doc['non_mated_searches']} stranger searches); "
+          f"DIR {doc['dir_rank1']:.3f}; FPIR on held-out strangers (2-fold) {doc['held_out_fpir_2fold']:.4f}")
+
+
 def cmd_speed(args: argparse.Namespace) -> None:
     from facelab.pretrained.onnxfile import clean_model, load_onnx, locate, ort_session
     from facelab.pretrained.registry import get_entry
@@ -172,9 +224,12 @@ def cmd_speed(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from facelab.utils.allocator import tune_allocator
+
+    tune_allocator("batch")  # what every facelab command but serve does (facelab.utils.allocator)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("lfw", "speed"):
+    for name in ("lfw", "lfw-1n", "speed"):
         s = sub.add_parser(name)
         s.add_argument("--model", default="sface")
         s.add_argument("--accept-licence", action="store_true")
@@ -186,12 +241,18 @@ def main() -> None:
             s.add_argument("--pairs", required=True)
             s.add_argument("--data")
             s.add_argument("--no-flip", action="store_true")
+        elif name == "lfw-1n":
+            s.add_argument("--data", required=True, help="LFW folder (identity folders)")
+            s.add_argument("--gallery", type=int, default=100, help="enrolled identities")
+            s.add_argument("--strangers", type=int, default=2000, help="identities searched but not enrolled")
+            s.add_argument("--target-fpir", type=float, default=0.01)
+            s.add_argument("--seed", type=int, default=0)
         else:
             s.add_argument("--seconds", type=float, default=30.0)
             s.add_argument("--omp-active", action="store_true", help="leave torch's OpenMP spin-waiting on")
     args = p.parse_args()
     try:
-        (cmd_lfw if args.cmd == "lfw" else cmd_speed)(args)
+        {"lfw": cmd_lfw, "lfw-1n": cmd_lfw_1n, "speed": cmd_speed}[args.cmd](args)
     except FacelabError as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -88,3 +88,20 @@ def test_report_and_open_set_calibration() -> None:
     assert c["achieved"]["open_set_accuracy"] == pytest.approx(3 / 5)
     c2 = calibrate_open_set(s, "fpir", 0.5)
     assert c2["achieved"]["fpir"] == 0.5
+
+
+def test_calibrated_threshold_keeps_a_margin_above_the_rejected_stranger() -> None:
+    s = _hand()  # non-mated top scores 0.85 and 0.5
+    t = threshold_at_fpir(s, 0.5, margin=1e-4)  # one alarm allowed: reject 0.5 with room to spare
+    assert t == pytest.approx(0.5 + 1e-4)
+    assert fpir(s, t) == 0.5
+    # the rejected stranger re-embedded with float noise stays rejected; without the margin it would alarm
+    assert t > 0.5 + 1e-6 and not threshold_at_fpir(s, 0.5) > 0.5 + 1e-6
+    # never more than half-way to the next higher score, so the FPIR target still holds
+    close = Searches(["A"], np.array([[0.9], [0.50004], [0.5]]), np.array([0, -1, -1]))
+    tc = threshold_at_fpir(close, 0.5, margin=1e-4)
+    assert tc == pytest.approx(0.50002) and fpir(close, tc) == 0.5
+    # no alarm allowed: the margin goes above the highest one
+    assert threshold_at_fpir(s, 0.1, margin=1e-4) == pytest.approx(0.85 + 1e-4)
+    # calibration uses the margin
+    assert calibrate_open_set(s, "fpir", 0.5)["threshold"] == pytest.approx(0.5 + 1e-4)

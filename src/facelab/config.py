@@ -118,7 +118,8 @@ class OptimConfig:
 class EvalConfig:
     flip_tta: bool = True
     far_targets: tuple[float, ...] = (1e-1, 1e-2, 1e-3)
-    batch_size: int = 128
+    #: images per forward pass when embedding; None: 8 on CPU, 64 on a GPU (facelab.inference.embedder)
+    batch_size: int | None = None
 
 
 @dataclass
@@ -237,7 +238,8 @@ def validate(cfg: TrainConfig) -> None:
     _require("optim.grad_clip", _number(o.grad_clip) and o.grad_clip >= 0, "must be >= 0 (0 = off)", o.grad_clip)
     _require("optim.accumulate", o.accumulate >= 1, "must be >= 1", o.accumulate)
     _require("optim.ema", _number(o.ema) and 0 <= o.ema < 1, "is a decay in [0, 1) (0 = off)", o.ema)
-    _require("eval.batch_size", e.batch_size >= 1, "must be >= 1", e.batch_size)
+    _require("eval.batch_size", e.batch_size is None or e.batch_size >= 1, "must be >= 1 (or null: automatic)",
+             e.batch_size)
     _require("eval.far_targets", all(_number(f) and 0 < f < 1 for f in e.far_targets),
              "must be false-accept rates in (0, 1)", list(e.far_targets))
     _require("train.checkpoint_every_steps", t.checkpoint_every_steps >= 0, "must be >= 0 (0 = per epoch only)",

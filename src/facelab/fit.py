@@ -27,7 +27,7 @@ from facelab.config import load_config
 from facelab.engine import train
 from facelab.errors import FacelabError
 from facelab.evaluation.calibration import calibrate, gallery_searches
-from facelab.evaluation.identification import Searches, fpir, threshold_at_fpir
+from facelab.evaluation.identification import CALIBRATION_MARGIN, Searches, fpir, threshold_at_fpir
 from facelab.evaluation.protocol import evaluate
 from facelab.inference.model import load_model
 from facelab.serving.recognition import FaceGallery
@@ -76,7 +76,7 @@ def held_out_fpir(s: Searches, stranger_names: list[str], target: float) -> floa
     for cal, test in ((halves[0], halves[1]), (halves[1], halves[0])):
         cal_rows = np.r_[np.nonzero(s.mated)[0], non[np.isin(label, list(cal))]]
         test_rows = non[np.isin(label, list(test))]
-        thr = threshold_at_fpir(_subset(s, cal_rows), target)
+        thr = threshold_at_fpir(_subset(s, cal_rows), target, CALIBRATION_MARGIN)
         rates.append(fpir(_subset(s, test_rows), thr) * len(test_rows))
     return float(sum(rates) / len(non))
 

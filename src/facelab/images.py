@@ -275,16 +275,7 @@ def open_image(src: ImageInput, name: str | None = None, *, cap: int | None = No
         src = src[1]
     if isinstance(src, bytes | bytearray | memoryview):
         return _open_checked(io.BytesIO(bytes(src)), label, limit, on_header)
-    path = Path(src)
-    try:
-        fh = open(path, "rb")  # noqa: SIM115  (closed below; Pillow reads lazily from it)
-    except FileNotFoundError:
-        raise ImageNotFound(f"image not found: {label}") from None
-    except IsADirectoryError:
-        raise UnsupportedImage(f"{label} is a folder, not an image") from None
-    except OSError as exc:
-        raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
-    with fh:
+    with _open_file(Path(src), label) as fh:
         return _open_checked(fh, label, limit, on_header)
 
 
@@ -319,6 +310,19 @@ def _check(src: ImageInput, name: str | None = None) -> ImageError | None:
     return None
 
 
+def _open_file(path: Path, label: str) -> IO[bytes]:
+    """``path`` opened for reading (Pillow reads lazily from it; the caller closes it), or the ImageError that says
+    why not."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise ImageNotFound(f"image not found: {label}") from None
+    except IsADirectoryError:
+        raise UnsupportedImage(f"{label} is a folder, not an image") from None
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
+
+
 def header_check(path: str | Path, name: str | None = None, cap: int | None = None) -> str:
     """The format of the image at ``path`` from its header alone (nothing decoded), after the same format and size
     checks as :func:`open_image` (:func:`peek` without raising).
@@ -328,15 +332,7 @@ def header_check(path: str | Path, name: str | None = None, cap: int | None = No
     """
     label = name or str(path)
     limit = max_pixels() if cap is None else cap
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise ImageNotFound(f"image not found: {label}") from None
-    except IsADirectoryError:
-        raise UnsupportedImage(f"{label} is a folder, not an image") from None
-    except OSError as exc:
-        raise UnreadableImage(f"cannot read {label}: {exc.strerror or exc}") from None
-    with fh, _open_header(fh, label, limit) as im:
+    with _open_file(Path(path), label) as fh, _open_header(fh, label, limit) as im:
         return str(im.format)
 
 

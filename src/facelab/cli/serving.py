@@ -76,7 +76,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of images (any depth)")
     add_model_argument(p, positional=False)
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="embeddings file to write (.npz)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 8 on CPU, 64 on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("verify", help="same person? two photos, or a photo and an enrolled identity (1:1)",
@@ -425,10 +425,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn = require("uvicorn", "serve")
     from facelab.images import max_pixels
-    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts, tune_allocator
+    from facelab.serving.guards import DecodeBudget, decode_cost, default_allowed_hosts
     from facelab.serving.service import create_app
+    from facelab.utils.allocator import tune_allocator
 
-    tune_allocator()  # freed decode buffers go back to the system (see its docstring)
+    tune_allocator("service")  # freed decode buffers go back to the system (see its docstring)
 
     cap = max_pixels() if args.max_pixels is None else args.max_pixels
     if cap <= 0:

@@ -28,6 +28,7 @@ from facelab.config import InitConfig, ModelConfig, TrainConfig, from_dict, to_d
 from facelab.errors import FacelabError
 from facelab.inference.spec import InputSpec
 from facelab.utils import distributed as D
+from facelab.utils.device import default_batch_size
 from facelab.utils.io import load_torch, save_torch
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ def _embed(model: nn.Module, dataset: Dataset, device: torch.device, batch_size:
 
 
 def distill_targets(teacher: nn.Module, eval_view: Dataset, items: list[tuple[str, int]], run_dir: Path,
-                    ctx: D.DistContext, device: torch.device, batch_size: int = 64, progress: bool = True
-                    ) -> torch.Tensor:
+                    ctx: D.DistContext, device: torch.device, batch_size: int | None = None,
+                    progress: bool = True) -> torch.Tensor:
     """(N, D) float32 embeddings of the training images by the frozen init model, un-augmented.
 
     Saved as ``RUN/distill_targets.pt`` with the list of images they belong to and reused on resume; under torchrun
@@ -161,7 +162,8 @@ def distill_targets(teacher: nn.Module, eval_view: Dataset, items: list[tuple[st
         log.warning("%s belongs to another split; recomputing it", path)
     teacher = teacher.to(device).eval()
     start, end = D.shard_range(len(items), ctx.rank, ctx.world)
-    local = _embed(teacher, Subset(eval_view, range(start, end)), device, batch_size, progress)
+    local = _embed(teacher, Subset(eval_view, range(start, end)), device, batch_size or default_batch_size(device),
+                   progress)
     targets = torch.cat([torch.as_tensor(np.asarray(p)) for p in D.all_gather_objects(ctx, local.numpy())])
     if ctx.is_main:
         save_torch(path, {"items": [list(x) for x in items], "targets": targets})

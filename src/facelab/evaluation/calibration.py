@@ -16,6 +16,7 @@ import numpy as np
 
 from facelab.errors import FacelabError
 from facelab.evaluation.identification import (
+    CALIBRATION_MARGIN,
     Searches,
     best_open_set_accuracy,
     fnir,
@@ -49,7 +50,8 @@ VERIFICATION_OBJECTIVES.register("far")(
     lambda scores, labels, target: tar_at_far(roc_curve(scores, labels), _need_target("far", target)).threshold)
 VERIFICATION_OBJECTIVES.register("accuracy")(lambda scores, labels, target: best_accuracy(roc_curve(scores, labels))[1])
 VERIFICATION_OBJECTIVES.register("eer")(lambda scores, labels, target: eer(roc_curve(scores, labels))[1])
-IDENTIFICATION_OBJECTIVES.register("fpir")(lambda s, target: threshold_at_fpir(s, _need_target("fpir", target)))
+IDENTIFICATION_OBJECTIVES.register("fpir")(
+    lambda s, target: threshold_at_fpir(s, _need_target("fpir", target), CALIBRATION_MARGIN))
 IDENTIFICATION_OBJECTIVES.register("open_set_accuracy")(lambda s, target: best_open_set_accuracy(s)[1])
 
 

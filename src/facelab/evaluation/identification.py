@@ -112,14 +112,32 @@ class OpenSetPoint:
     reliable: bool
 
 
-def threshold_at_fpir(s: Searches, target: float) -> float:
+#: how far above the highest stranger score it must reject a calibrated 1:N threshold is set (at most half the gap
+#: to the next higher one): re-embedding the same photo in another batch moves its score by ~1e-6, which must not
+#: turn a rejected stranger into an alarm (measured: an ORL stranger at exactly the threshold was named by
+#: `facelab identify` after `facelab fit` calibrated 1 alarm in 100)
+CALIBRATION_MARGIN = 1e-4
+
+
+def threshold_at_fpir(s: Searches, target: float, margin: float = 0.0) -> float:
     """Lowest threshold T with FPIR(T) <= target: just above the (k+1)-th highest non-mated top score, where k is
-    the number of false alarms the target allows."""
+    the number of false alarms the target allows (ISO/IEC 19795-1 FPIR). ``margin`` > 0 (calibration) puts T that
+    far above that score, but never more than half-way to the next higher one, so FPIR(T) <= target still holds.
+
+    Raises:
+        FacelabError: no non-mated searches.
+    """
     nm = np.sort(s.top_score[~s.mated])[::-1]
     if nm.size == 0:
         raise FacelabError("FPIR needs non-mated probes (probe identities that are not in the gallery)")
     k = int(np.floor(target * nm.size + 1e-9))
-    return -np.inf if k >= nm.size else float(np.nextafter(nm[k], np.inf))
+    if k >= nm.size:
+        return -np.inf
+    t = float(np.nextafter(nm[k], np.inf))
+    if margin > 0:
+        room = (nm[k - 1] - nm[k]) / 2 if k > 0 else margin
+        t = max(t, float(nm[k] + min(margin, room)))
+    return t
 
 
 def dir_at_fpir(s: Searches, target: float, rank: int = 1) -> OpenSetPoint:

@@ -44,7 +44,7 @@ def identification_rank1(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> 
 
 
 def score_split(model: FaceModel, manifest: SplitManifest, root: Path, far_targets: tuple[float, ...],
-                loss_fn: FaceLoss | None = None, *, flip: bool | None = None, batch_size: int = 64,
+                loss_fn: FaceLoss | None = None, *, flip: bool | None = None, batch_size: int | None = None,
                 quiet: bool = False, label: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """Closed-set and open-set figures of ``model`` on the held-out images of ``manifest`` (embedded through the
     model's embedder, cached in its run's ``embedding_cache/``).

@@ -83,11 +83,12 @@ def _crop_names(rel: str, n: int, fmt: str) -> list[str]:
 
 
 def _save(img: Image.Image, path: Path, fmt: str) -> None:
-    with atomic_open(path, "wb") as fh:
+    # no fsync per crop (thousands of small files): a killed run leaves whole files or none, and _done checks sizes
+    with atomic_open(path, "wb", fsync=False) as fh:
         if fmt == "jpg":
             img.save(fh, format="JPEG", quality=95)
         else:
-            img.save(fh, format="PNG")
+            img.save(fh, format="PNG", compress_level=1)  # level 1: 2-2.5x faster than 6 on a 112px crop, 10% larger
 
 
 def align_one(src: Path, dst: Path, rel: str, settings: AlignSettings) -> dict[str, Any]:
@@ -176,7 +177,15 @@ def _done(rec: dict[str, Any] | None, src: Path, dst: Path) -> bool:
             return False
     except OSError:
         return False
-    return all((dst / c["file"]).is_file() for c in rec.get("crops", []) if c.get("file"))
+    return all(_whole(dst / c["file"]) for c in rec.get("crops", []) if c.get("file"))
+
+
+def _whole(path: Path) -> bool:
+    """A crop file that exists and is not empty (a power cut after the rename can leave it empty)."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def align_folder(src: str | Path, dst: str | Path, settings: AlignSettings, *, workers: int = 2,

@@ -31,6 +31,7 @@ from facelab.faces import FaceCrop, prepare_faces
 from facelab.faces.cache import CropCache
 from facelab.images import ImageError, ImageInput, read_image, source_name
 from facelab.inference.spec import InputSpec
+from facelab.utils.device import default_batch_size
 from facelab.utils.io import atomic_open
 
 CACHE_FORMAT = 2
@@ -134,8 +135,10 @@ class Embedder:
     ``calls`` counts images actually sent through the model, so callers and tests can see a cache hit."""
 
     def __init__(self, model: nn.Module, spec: InputSpec, *, device: torch.device | str = "cpu",
-                 batch_size: int = 64, progress: bool = False, cache_dir: str | Path | None = None,
+                 batch_size: int | None = None, progress: bool = False, cache_dir: str | Path | None = None,
                  fingerprint: str = "", crop_cache: CropCache | None = None) -> None:
+        if batch_size is None:
+            batch_size = default_batch_size(device)
         if batch_size < 1:
             raise FacelabError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.spec, self.device = model.eval(), spec, torch.device(device)

@@ -125,7 +125,7 @@ class FaceModel:
                    dict(info or {}), run)
 
     # -- embedding --------------------------------------------------------------------------------------------------
-    def embedder(self, *, progress: bool = False, cache: bool = False, batch_size: int = 64,
+    def embedder(self, *, progress: bool = False, cache: bool = False, batch_size: int | None = None,
                  flip: bool | None = None) -> Embedder:
         """The embedding primitive for this model. ``cache`` uses the run's ``embedding_cache/`` (runs only) and,
         for a model that aligns faces, the aligned-crop cache (:mod:`facelab.faces.cache`; files detected once,
@@ -139,7 +139,7 @@ class FaceModel:
         return Embedder(self.backbone, spec, device=self.device, batch_size=batch_size, progress=progress,
                         cache_dir=cache_dir, fingerprint=fp, crop_cache=crops)
 
-    def embed(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int = 64,
+    def embed(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int | None = None,
               progress: bool = False) -> np.ndarray:
         """Unit-length float32 embeddings (N, D), one face per image (the policy's choice when a photo holds
         several). Accepts paths, encoded bytes, PIL images and numpy arrays (grey, RGB, RGBA). Raises a

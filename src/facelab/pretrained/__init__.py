@@ -21,7 +21,7 @@ from torch import nn
 
 from facelab.errors import FacelabError
 from facelab.inference.spec import InputSpec
-from facelab.inference.thresholds import VERIFICATION, Threshold, Thresholds
+from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
 from facelab.models import build_with_weights
 from facelab.pretrained.cache import load_cached, save_cached
 from facelab.pretrained.registry import (
@@ -110,10 +110,16 @@ def _load_entry(entry: PretrainedEntry, path: Path, sha256: str) -> PretrainedMo
         module = converted.module if converted.module is not None else \
             build_with_weights(architecture, entry.spec.input_size, converted.state)
     info = {**entry.info(), "sha256": sha256, "source_path": str(path)}
-    thresholds = Thresholds()
-    if entry.threshold is not None:
-        thresholds = Thresholds(Threshold(VERIFICATION, entry.threshold, entry.threshold_source[:300]), None)
-    return PretrainedModel(entry.name, module.eval(), architecture, entry.spec, info, thresholds)
+    return PretrainedModel(entry.name, module.eval(), architecture, entry.spec, info, reference_thresholds(entry))
+
+
+def reference_thresholds(entry: PretrainedEntry) -> Thresholds:
+    """The registry's reference thresholds of ``entry`` (1:1 at a FAR, 1:N at an FPIR; either may be missing)."""
+    ver = None if entry.threshold is None else Threshold(VERIFICATION, entry.threshold, entry.threshold_source[:300])
+    ident = None if entry.identification_threshold is None else Threshold(
+        IDENTIFICATION, entry.identification_threshold, entry.identification_source[:300],
+        target=entry.identification_fpir)
+    return Thresholds(ver, ident)
 
 
 def _user_entry(path: Path, spec: InputSpec | None) -> tuple[PretrainedEntry, str]:

@@ -60,6 +60,10 @@ class PretrainedEntry:
     #: cosine accept threshold a bundle of the model starts with, and where it comes from
     threshold: float | None = None
     threshold_source: str = ""
+    #: cosine 1:N (open-set identification) threshold, the FPIR it was calibrated at, and where it comes from
+    identification_threshold: float | None = None
+    identification_fpir: float | None = None
+    identification_source: str = ""
 
     def info(self) -> dict[str, Any]:
         """The entry as plain JSON-able data (``facelab pretrained list --json``, bundle provenance)."""
@@ -67,7 +71,10 @@ class PretrainedEntry:
                 "file": self.source.where, "sha256": self.source.sha256, "licence": self.licence,
                 "caveat": self.caveat, "spec": self.spec.to_dict(), "onnx_input": self.onnx_input,
                 "embedding_dim": self.embedding_dim, "lfw": self.lfw, "converter": self.converter,
-                "gated": self.gated, "threshold": self.threshold, "threshold_source": self.threshold_source}
+                "gated": self.gated, "threshold": self.threshold, "threshold_source": self.threshold_source,
+                "identification_threshold": self.identification_threshold,
+                "identification_fpir": self.identification_fpir,
+                "identification_source": self.identification_source}
 
 
 #: name -> ``fn() -> PretrainedEntry``
@@ -101,13 +108,18 @@ register_pretrained(PretrainedEntry(
                    align=DEFAULT_ALIGN),
     onnx_input="1x3x112x112 RGB 0..255, no normalisation (the graph computes (x - 127.5) / 128 itself)",
     embedding_dim=128,
-    lfw="99.42 +- 0.38 measured by facelab (benchmarks/bench_pretrained.py, YuNet alignment, flip TTA); OpenCV Zoo "
-        "reports 99.32 for these int8 weights",
+    lfw="99.52 +- 0.32 measured by facelab (`facelab pairs sface` on pairs.txt, YuNet alignment, flip TTA); OpenCV "
+        "Zoo reports 99.32 for these int8 weights",
     converter="native",
     architecture={"backbone": "sface", "embedding_dim": 128, "width": 64, "dropout": 0.0, "options": {}},
     threshold=0.340,
-    threshold_source="FAR 1e-3 on LFW pairs.txt (3,000 impostor pairs; facelab's sface, YuNet alignment, flip TTA; "
-                     "benchmarks/bench_pretrained.py, docs/pretrained.md); calibrate on your own data",
+    threshold_source="FAR 1e-3 on LFW pairs.txt (3,000 impostor pairs; `facelab pairs sface`, YuNet alignment, flip "
+                     "TTA; docs/pretrained.md); calibrate on your own data",
+    identification_threshold=0.4392,
+    identification_fpir=0.01,
+    identification_source="FPIR 0.01 with a gallery of 100 LFW identities x 3 images, 2,000 LFW strangers (DIR 0.990; "
+                          "held-out FPIR 0.0105; benchmarks/bench_pretrained.py lfw-1n); larger galleries need a "
+                          "higher threshold: calibrate on your own gallery",
 ))
 
 register_pretrained(PretrainedEntry(

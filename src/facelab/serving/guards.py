@@ -4,12 +4,9 @@ allow-list against DNS rebinding. Kept apart from the endpoints (``service.py``)
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -33,36 +30,6 @@ DEFAULT_DECODE_WAIT = 120.0
 
 
 log = logging.getLogger(__name__)
-#: glibc ``mallopt`` parameters (malloc.h) and the values ``facelab serve`` sets
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
-MMAP_THRESHOLD = 4 << 20
-ARENA_MAX = 2
-
-
-def tune_allocator() -> bool:
-    """Make freed image memory go back to the system (glibc only; returns whether it was applied).
-
-    Why: by default glibc raises its mmap threshold up to 32 MB after the first large free and gives every thread
-    its own arena, so the 16 MB blocks Pillow decodes into land in up to 8 arenas per core and stay there: 40
-    concurrent 40 MP decodes left a server at 2.9 GB after the load ended (3.3 GB peak). With a fixed 4 MB mmap
-    threshold (every large buffer is its own mapping, unmapped on free) and 2 arenas the same load peaked at
-    1.6 GB and returned to its idle size (benchmarks/bench_hostile_images.py, docs/deploy.md). Skipped when the
-    process already has ``MALLOC_*`` or ``GLIBC_TUNABLES=glibc.malloc.*`` settings (the operator's choice wins)."""
-    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_ARENA_MAX, ARENA_MAX))
-    if not ok:
-        log.warning("could not tune the memory allocator (mallopt refused)")
-    return ok
-
-
 class ServerBusy(FacelabError):
     """The service cannot take this request now (decode memory exhausted for too long); retrying later works."""
 

@@ -25,3 +25,16 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev
+
+
+#: images per forward pass by device type. On CPU, small batches are much faster: a batch's activations above
+#: glibc's largest mmap threshold (32 MB) are mapped and unmapped at every layer, and the page faults cost more
+#: than the convolutions (SFace with flip TTA, 2 threads: 31 img/s at batch 8, 14 at batch 64; ResNet-18 width 32
+#: at 64 px: 142 vs 99; measured side by side, docs/pretrained.md).
+#: Used for embedding (facelab.inference.embedder) and for the distillation targets of fine-tuning.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64, "mps": 32}
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """The default images per forward pass on ``device`` (see :data:`DEFAULT_BATCH_SIZE`)."""
+    return DEFAULT_BATCH_SIZE.get(torch.device(device).type, 8)

@@ -24,8 +24,13 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; on clean exit fsync and rename it over ``path``."""
+def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on clean exit fsync and rename it over ``path``.
+
+    ``fsync=False`` skips the flush to disk: a killed process still leaves either the old file or the whole new one
+    (the rename is atomic), only a power cut can leave the new file short. For many small derived files whose
+    readers check them (e.g. the crops of ``facelab align``, which the manifest and a size check guard).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,7 +39,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
