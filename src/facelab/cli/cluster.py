@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="per-cluster folders of symlinks (default), copies, or none")
     p.add_argument("--sheet-clusters", type=int, default=20, metavar="N",
                    help="clusters shown on the contact sheet, largest first (default 20)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 8 on CPU, 64 on a GPU)")
     p.add_argument("--json", action="store_true", help="print clusters.json's summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -113,7 +113,8 @@ class EmbeddedFolder:
     undetected: int
 
 
-def embed_folder(root: str | Path, model: FaceModel, *, batch_size: int = 64, progress: bool = True) -> EmbeddedFolder:
+def embed_folder(root: str | Path, model: FaceModel, *, batch_size: int | None = None,
+                 progress: bool = True) -> EmbeddedFolder:
     """One face per image under ``root`` through the model's :class:`~facelab.inference.embedder.Embedder`.
 
     Raises:
@@ -137,8 +138,9 @@ def embed_folder(root: str | Path, model: FaceModel, *, batch_size: int = 64, pr
 
 def cluster_folder(root: str | Path, model: FaceModel, out: str | Path, *, method: str = "agglomerative",
                    threshold: float | None = None, target_far: float | None = None, min_samples: int = 2,
-                   link: str = "symlink", sheet_clusters: int = 20, sheet_faces: int = 10, batch_size: int = 64,
-                   progress: bool = True, embedded: EmbeddedFolder | None = None) -> ClusterReport:
+                   link: str = "symlink", sheet_clusters: int = 20, sheet_faces: int = 10,
+                   batch_size: int | None = None, progress: bool = True,
+                   embedded: EmbeddedFolder | None = None) -> ClusterReport:
     """Embed, cluster and write (see the module docstring). ``threshold`` (a cosine score) overrides the model's
     calibrated 1:1 threshold, ``target_far`` re-targets it; HDBSCAN uses neither. ``embedded``: the folder already
     embedded by :func:`embed_folder` with this model (to cluster it several ways).
