@@ -28,9 +28,12 @@ from facelab.models.summary import backbone_names, count_macs
 TORCHVISION: dict[str, Callable[[], nn.Module]] = {
     "alexnet": lambda: torchvision.models.alexnet(weights=None),
     "vgg16": lambda: torchvision.models.vgg16(weights=None),
+    "vgg19": lambda: torchvision.models.vgg19(weights=None),
     "resnet18": lambda: torchvision.models.resnet18(weights=None),
     "resnet34": lambda: torchvision.models.resnet34(weights=None),
     "resnet50": lambda: torchvision.models.resnet50(weights=None),
+    "resnet101": lambda: torchvision.models.resnet101(weights=None),
+    "resnet152": lambda: torchvision.models.resnet152(weights=None),
     "inception": lambda: torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(weights=None),
 }

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("facelab.runs", "facelab.pretrained"),
     ("facelab.engine", "facelab.inference"),
     ("facelab.evaluation", "facelab.serving"),
-    ("facelab.fit", "facelab.demo", "facelab.api", "facelab.cli", "facelab.__main__", "facelab"),
+    ("facelab.fit", "facelab.siamese", "facelab.demo", "facelab.api", "facelab.cli", "facelab.__main__", "facelab"),
 ]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from facelab.errors import FacelabError
 from facelab.models import count_parameters
@@ -26,7 +28,7 @@ from facelab.models.blocks import (
     norm_factory,
 )
 from facelab.models.blocks.heads import FlattenEmbedding, MLPEmbedding, PoolEmbedding
-from facelab.models.summary import compare_conv, count_macs
+from facelab.models.summary import compare_conv, count_macs, parse_conv_spec
 
 BN = norm_factory("batch")
 NONE = norm_factory("none")
@@ -46,15 +48,54 @@ def test_depthwise_and_pointwise() -> None:
     assert count_parameters(PointwiseConv(c, 40, norm=BN)) == c * 40 + 3 * 40
 
 
-@pytest.mark.parametrize(("m", "n", "k", "hw"), [(3, 256, 5, 8), (32, 64, 3, 14), (128, 128, 7, 4)])
-def test_separable_vs_standard(m: int, n: int, k: int, hw: int) -> None:
-    """N*M*K^2 vs M*K^2 + N*M weights, and MACs = weights x H x W at stride 1 with 'same' padding."""
-    c = compare_conv(m, n, k, hw)
-    assert c.standard_params == n * m * k * k
-    assert c.separable_params == m * k * k + n * m
-    assert c.standard_macs == n * m * k * k * hw * hw
-    assert c.separable_macs == (m * k * k + n * m) * hw * hw
+CONV_CASES = [(3, 256, 5, 8, 1), (32, 64, 3, 14, 1), (128, 128, 7, 4, 1), (32, 64, 3, 15, 2), (16, 8, 5, 9, 3)]
+
+
+@pytest.mark.parametrize(("m", "n", "k", "hw", "s"), CONV_CASES)
+def test_conv_rows_match_float64_formulas(m: int, n: int, k: int, hw: int, s: int) -> None:
+    """Weights N*M*K^2, M*K^2, N*M, M*K^2 + N*M and MACs = weights x output positions, the output side
+    floor((hw + 2*floor(K/2) - K) / s) + 1, all evaluated here in float64."""
+    c = compare_conv(m, n, k, hw, s)
+    M, N, K, H, S = (np.float64(v) for v in (m, n, k, hw, s))
+    side = np.floor((H + 2 * np.floor(K / 2) - K) / S) + 1
+    expected = {"standard": N * M * K * K, "depthwise": M * K * K, "pointwise": N * M,
+                "depthwise-separable": M * K * K + N * M}
+    assert [r.name for r in c.rows] == list(expected)
+    for r in c.rows:
+        assert r.params == r.formula_params == expected[r.name]
+        assert r.macs == expected[r.name] * side * side
+        assert r.formula.endswith(f"= {int(expected[r.name])}")
+    assert c.out_hw == side
     assert count_parameters(DepthwiseSeparable(m, n, k, norm=BN)) == m * k * k + n * m + 2 * m + 2 * n
+
+
+@pytest.mark.parametrize(("m", "n", "k", "hw", "s"), CONV_CASES)
+def test_conv_rows_match_a_real_conv2d(m: int, n: int, k: int, hw: int, s: int) -> None:
+    """Each row equals what plain ``nn.Conv2d`` layers hold and what torch's FLOP counter counts (FLOPs / 2)."""
+    convs = {"standard": [nn.Conv2d(m, n, k, s, k // 2, bias=False)],
+             "depthwise": [nn.Conv2d(m, m, k, s, k // 2, groups=m, bias=False)],
+             "pointwise": [nn.Conv2d(m, n, 1, bias=False)]}
+    convs["depthwise-separable"] = [convs["depthwise"][0], convs["pointwise"][0]]
+    c = compare_conv(m, n, k, hw, s)
+    for r in c.rows:
+        layers = nn.Sequential(*convs[r.name])
+        side = c.out_hw if r.name == "pointwise" else hw
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            layers(torch.zeros(1, layers[0].in_channels, side, side))
+        assert r.params == sum(p.numel() for p in layers.parameters())
+        assert 2 * r.macs == counter.get_total_flops()
+
+
+def test_conv_spec_parsing() -> None:
+    assert parse_conv_spec(["in=3", "out=8", "k=3", "hw=7", "s=2"]) == {"cin": 3, "cout": 8, "kernel": 3, "hw": 7,
+                                                                        "stride": 2}
+    with pytest.raises(FacelabError, match="missing k=N"):
+        parse_conv_spec(["in=3", "out=8", "hw=7"])
+    with pytest.raises(FacelabError, match="positive integers, got 's=0'"):
+        parse_conv_spec(["in=3", "out=8", "k=3", "hw=7", "s=0"])
+    with pytest.raises(FacelabError, match="odd kernel"):
+        compare_conv(3, 8, 4, 7)
 
 
 @pytest.mark.parametrize(("cin", "cout", "stride", "t"), [(16, 16, 1, 2), (16, 24, 2, 6), (8, 8, 1, 1)])

@@ -19,7 +19,7 @@ from facelab.models.summary import backbone_cost, count_macs
 NAMES = BACKBONES.names()
 NORMS = ["batch", "layer", "group", "instance", "none"]
 #: small widths keep the whole matrix of backbones x norms x sizes to a few seconds per backbone
-WIDTH = {"resnet50": 4, "resnet100": 4, "vgg16": 8, "alexnet": 8}
+WIDTH = {"resnet50": 4, "resnet100": 4, "resnet101": 4, "resnet152": 4, "vgg16": 8, "vgg19": 8, "alexnet": 8}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,8 +38,8 @@ def small(name: str, input_size: int = 64, embedding_dim: int = 16, **options: o
 
 
 def test_every_seed_backbone_is_registered() -> None:
-    expected = {"lenet5", "alexnet", "vgg16", "resnet18", "resnet34", "resnet50", "resnet100", "inception",
-                "mobilenet_v1", "mobilenet_v2", "mobilefacenet"}
+    expected = {"lenet5", "alexnet", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "resnet100", "resnet101",
+                "resnet152", "inception", "inception_aux", "nin", "mobilenet_v1", "mobilenet_v2", "mobilefacenet"}
     assert expected <= set(NAMES)
 
 
@@ -60,7 +60,9 @@ def test_forward_backward_two_sizes_every_norm(name: str, norm: str) -> None:
         model = small(name, size, norm=norm).train()
         emb = model(torch.randn(2, 3, size, size))
         assert emb.shape == (2, 16) and torch.isfinite(emb).all()
-        emb.square().sum().backward()
+        aux = model.take_auxiliary()  # auxiliary heads (inception_aux) learn through their own loss terms
+        assert len(aux) == (2 if name == "inception_aux" else 0)
+        (emb.square().sum() + sum(a.square().sum() for a in aux)).backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, f"{name}/{norm}@{size}: no gradient for {missing[:3]}"
 
@@ -81,7 +83,7 @@ def test_smallest_accepted_input_runs(name: str) -> None:
         assert model(torch.randn(2, 3, side, side)).shape == (2, 16)
 
 
-@pytest.mark.parametrize("name", ["alexnet", "inception", "mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["alexnet", "inception", "inception_aux", "nin", "mobilenet_v1", "mobilenet_v2"])
 def test_too_small_input_is_a_one_line_error(name: str) -> None:
     with pytest.raises(FacelabError, match=r"needs input_size >= 64, got 48"):
         small(name, 48)
@@ -161,7 +163,35 @@ def test_cli_models_lists_every_backbone(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_models_conv_comparison(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--conv", "in=3", "out=256", "k=5", "hw=8"]) == 0
     out = capsys.readouterr().out
-    assert "19200" in out and "843" in out  # N*M*K^2 and M*K^2 + N*M
-    assert str(19200 * 64) in out and str(843 * 64) in out
+    rows = {line.split()[0]: line.split()[-2:] for line in out.splitlines()[2:6]}
+    assert rows == {"standard": ["19200", str(19200 * 64)], "depthwise": ["75", str(75 * 64)],
+                    "pointwise": ["768", str(768 * 64)], "depthwise-separable": ["843", str(843 * 64)]}
     assert main(["models", "--conv", "in=3", "k=5"]) == 2
     assert "missing out=N, hw=N" in capsys.readouterr().err
+
+
+def test_new_deep_networks_match_torchvision_stage_for_stage() -> None:
+    """VGG-19's convolution weights equal torchvision's vgg19; resnet101/152 with ``block: bottleneck`` have exactly
+    the convolution weights of torchvision's resnet101/152 residual stages (layer1-layer4, projections included)."""
+    with torch.device("meta"):
+        vgg = build_backbone(ModelConfig(backbone="vgg19", width=64, options={"norm": "none"}), 64)
+        assert _conv_weights(vgg.features) == _conv_weights(torchvision.models.vgg19(weights=None).features)
+        for depth in (101, 152):
+            ours = build_backbone(ModelConfig(backbone=f"resnet{depth}", width=64,
+                                              options={"block": "bottleneck"}), 64)
+            theirs = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+            stages = torch.nn.ModuleList([theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4])
+            assert _conv_weights(ours.features[1:]) == _conv_weights(stages)
+            assert len(ours.features) - 1 == sum(len(s) for s in stages)
+
+
+def test_nin_parameters_match_the_mlpconv_formula() -> None:
+    """Each mlpconv layer holds M*N*K^2 + 2*N^2 convolution weights (one K x K conv, two 1x1 convs; Lin et al.)."""
+    with torch.device("meta"):
+        nin = build_backbone(ModelConfig(backbone="nin", width=64, options={"norm": "none"}), 112)
+    expected, cin = 0, 3
+    for cout, k in ((96, 11), (256, 5), (384, 3), (1024, 3)):
+        expected += cin * cout * k * k + 2 * cout * cout
+        cin = cout
+    assert _conv_weights(nin.features) == expected
+    assert nin.feature_map == (1024, 3)  # 112 -> 28 (11x11/4) -> 14 -> 7 -> 3 (3x3/2 pools, ceil)

@@ -470,3 +470,34 @@ def save_yaml(cfg: Any, path: str | Path) -> None:
 
     with atomic_open(path, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+@dataclass
+class PairTrainConfig:
+    """``facelab siamese``: a siamese network (one backbone for both images) trained on a labelled pair list."""
+
+    #: the pair list: LFW pairs.txt / pairsDevTrain.txt, or a CSV img1,img2,label[,fold] (paths under data.root)
+    pairs: str = ""
+    #: folds of the list used for training, numbered 1..K in the order of the list's fold ids (LFW pairs.txt: its
+    #: 10 folds); the other folds are held out for testing
+    train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    #: folds a list without fold information is cut into
+    folds: int = 10
+    #: l1 / sq (learned weighted sum of |e1 - e2| or (e1 - e2)^2 -> sigmoid -> BCE) or contrastive
+    loss: str = "l1"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10))
+    #: flip test-time augmentation in the saved model (and so in the held-out test), as eval.flip_tta for runs
+    flip_tta: bool = True
+    seed: int = 0
+    out_dir: str = "runs/siamese"
+    device: str = "auto"
+    #: CPU threads for torch (0 = torch's default)
+    threads: int = 0
+
+
+def load_pair_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PairTrainConfig:
+    data = load_yaml(path) if path is not None else {}
+    return from_dict(PairTrainConfig, apply_overrides(data, overrides or []))

@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from facelab.cli import evaluation, faces, pretrained, serving, train, workflow
+from facelab.cli import cluster, evaluation, faces, pretrained, serving, siamese, train, workflow
 from facelab.cli.common import Handler
 from facelab.errors import FacelabError
 from facelab.utils.allocator import tune_allocator
@@ -27,7 +27,7 @@ DESCRIPTION = (
     "(1:N) identities never seen in training."
 )
 #: command groups in --help order; each has ``add_parsers(subparsers)`` and ``COMMANDS``
-GROUPS = (train, workflow, evaluation, serving, faces, pretrained)
+GROUPS = (train, siamese, workflow, evaluation, cluster, serving, faces, pretrained)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,14 +89,16 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the backbones with parameters and MACs; compare convolution costs",
                        description="List every registered backbone with its parameter count and multiply-accumulates "
                        "(conv + linear, per image) at an input size, counted on the real modules. With --conv, "
-                       "compare a standard and a depthwise-separable convolution instead.")
+                       "compare the parameters and MACs of one standard convolution with its depthwise, pointwise "
+                       "and depthwise-separable counterparts instead.")
     p.add_argument("--input-size", type=int, default=112, help="square input side in pixels (default 112)")
     p.add_argument("--embedding-dim", type=int, default=512, help="embedding size (default 512)")
     p.add_argument("--width", type=int, default=64, help="width (64 = the papers' channel counts; default 64)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="backbone option for every row, e.g. --set norm=group (repeatable)")
     p.add_argument("--conv", nargs="+", metavar="KEY=N",
-                   help="compare standard vs depthwise-separable convolution: in=M out=N k=K hw=SIDE")
+                   help="compare standard, depthwise, pointwise and depthwise-separable convolution: "
+                   "in=M out=N k=K hw=SIDE [s=STRIDE]")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

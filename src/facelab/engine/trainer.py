@@ -752,6 +752,8 @@ class _Run:
                 else:
                     out = self.loss_module(embeddings, labels)
                 total = out.loss
+                if not frozen:
+                    total = total + self._auxiliary_loss(labels, targets)
                 if self.distill is not None and not frozen:
                     total = total + self.cfg.init.distill * self.distill(embeddings, labels, targets=targets).loss
             loss_value = total.item()
@@ -765,6 +767,17 @@ class _Run:
             predictions = out.logits.argmax(1)
         correct = None if predictions is None else int((predictions == labels).sum())
         return loss_value, correct, out.terms
+
+    def _auxiliary_loss(self, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor | float:
+        """``aux_weight`` x the training loss of each auxiliary embedding the backbone produced in this forward
+        (Inception's auxiliary classifiers, Szegedy et al. 2015); 0 for backbones without auxiliary heads."""
+        take = getattr(self.backbone, "take_auxiliary", None)
+        extra: torch.Tensor | float = 0.0
+        for aux in take() if take is not None else []:
+            out = (self.loss_module(aux, labels, targets=targets) if self.loss_takes_targets
+                   else self.loss_module(aux, labels))
+            extra = extra + self.backbone.aux_weight * out.loss
+        return extra
 
     def _nan_message(self, loss_value: float, epoch: int, micro: int) -> str:
         what = loss_value if not math.isfinite(loss_value) else "nan on another process"

@@ -263,18 +263,30 @@ def contact_sheet(root: Path, records: list[dict[str, Any]], out: Path, n: int =
     if not files:
         return None
     pick = [files[i] for i in np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int)]
-    rows = -(-len(pick) // cols)
-    pad = 4
-    sheet = Image.new("RGB", (cols * (tile + pad) + pad, rows * (tile + pad) + pad), (32, 32, 32))
     colours = {"aligned": (40, 180, 80), "undetected": (240, 150, 20)}
-    for i, (name, method) in enumerate(pick):
-        x, y = pad + (i % cols) * (tile + pad), pad + (i // cols) * (tile + pad)
-        sheet.paste(colours.get(method, (128, 128, 128)), (x - 2, y - 2, x + tile + 2, y + tile + 2))
-        try:
-            img = read_image(root / name).resize((tile, tile), Image.BILINEAR)
-        except ImageError:
-            continue
-        sheet.paste(img, (x, y))
+    cells = [(root / name, colours.get(method, (128, 128, 128))) for name, method in pick]
+    return tile_sheet([cells[i:i + cols] for i in range(0, len(cells), cols)], out, tile)
+
+
+Cell = tuple[Path, tuple[int, int, int]]
+
+
+def tile_sheet(rows: list[list[Cell]], out: Path, tile: int = 112, pad: int = 4) -> Path:
+    """Write a PNG grid, atomically: one line per entry of ``rows``, each cell an image (read through the image
+    gate, resized to ``tile`` x ``tile``) in a frame of the cell's RGB colour; an unreadable image leaves its
+    framed tile dark. The grid is as wide as the longest row."""
+    cols = max((len(r) for r in rows), default=1)
+    sheet = Image.new("RGB", (cols * (tile + pad) + pad, max(len(rows), 1) * (tile + pad) + pad), (32, 32, 32))
+    for r, row in enumerate(rows):
+        for c, (path, colour) in enumerate(row):
+            x, y = pad + c * (tile + pad), pad + r * (tile + pad)
+            sheet.paste(colour, (x - 2, y - 2, x + tile + 2, y + tile + 2))
+            sheet.paste((32, 32, 32), (x, y, x + tile, y + tile))
+            try:
+                img = read_image(path).resize((tile, tile), Image.BILINEAR)
+            except ImageError:
+                continue
+            sheet.paste(img, (x, y))
     with atomic_open(out, "wb") as fh:
         sheet.save(fh, format="PNG")
     return out

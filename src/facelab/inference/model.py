@@ -35,7 +35,7 @@ from facelab.inference.bundle import BundleMeta, is_bundle, model_fingerprint, r
 from facelab.inference.embedder import Embedder
 from facelab.inference.spec import InputSpec
 from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
-from facelab.models import build_from_architecture
+from facelab.models import build_from_architecture, inference_form
 from facelab.runs import EMBEDDING_CACHE, LoadedRun, eer_threshold, is_run, load_run, load_thresholds
 from facelab.utils.device import resolve_device
 
@@ -249,7 +249,8 @@ def run_thresholds(run: Path, fingerprint: str) -> Thresholds:
 def _load_run_model(ref: str, device: str | None = None, **_: Any) -> FaceModel:
     lr = load_run(ref, device)
     spec = spec_of_run(lr)
-    model = FaceModel.from_module(lr.backbone, to_dict(lr.cfg.model), spec, embedding_dim=lr.cfg.model.embedding_dim,
+    backbone, architecture = inference_form(lr.backbone, to_dict(lr.cfg.model))  # no auxiliary heads deployed
+    model = FaceModel.from_module(backbone, architecture, spec, embedding_dim=lr.cfg.model.embedding_dim,
                                   source=str(ref), kind="run" if Path(ref).is_dir() else "checkpoint",
                                   device=lr.device, run=lr)
     return model.with_thresholds(run_thresholds(lr.path, model.fingerprint))

@@ -10,6 +10,7 @@ from facelab.models import (  # noqa: F401  (register backbones)
     mobilefacenet,
     mobilenet_v1,
     mobilenet_v2,
+    nin,
     onnx_graph,
     resnet,
     sface,
@@ -23,7 +24,8 @@ from facelab.models.base import (
     build_backbone,
     build_from_architecture,
     count_parameters,
+    inference_form,
 )
 
 __all__ = ["ARCHITECTURES", "BACKBONES", "Backbone", "build_backbone", "build_from_architecture", "build_with_weights",
-           "count_parameters"]
+           "count_parameters", "inference_form"]

@@ -7,6 +7,8 @@ each backbone module only describes its feature stack.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -46,6 +48,8 @@ class Backbone(nn.Module):
     head_kind: str
     min_input_size: int = 64
     default_head: str = "gap"
+    #: weight of each auxiliary head's loss in training (GoogLeNet's auxiliary classifiers); 0 = none
+    aux_weight: float = 0.0
 
     def __init__(self, embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0, norm: str = "batch",
                  head: str | None = None, drop_block: float = 0.0, drop_block_size: int = 3) -> None:
@@ -72,6 +76,18 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop_block(self.features(x)))
 
+    def take_auxiliary(self) -> list[torch.Tensor]:
+        """Embeddings (B, embedding_dim) of the auxiliary heads from the last training-mode forward, handed over
+        once (a second call returns []); [] for backbones without auxiliary heads and after an eval-mode forward.
+        The trainer scores each with the training loss and adds ``aux_weight`` x that loss to the main loss."""
+        aux: list[torch.Tensor] = self.__dict__.pop("_aux", [])
+        return aux
+
+    def for_inference(self, architecture: dict[str, Any]) -> tuple[Backbone, dict[str, Any]]:
+        """This backbone and its architecture dict without training-only parts (auxiliary heads), for inference,
+        bundles and export: ``self`` unchanged for backbones that have none."""
+        return self, architecture
+
     def feature_shape(self, input_size: int) -> tuple[int, int]:
         """(channels, spatial side) of ``features`` for a square input; found by a dry run, not by hand."""
         was = self.features.training
@@ -90,6 +106,14 @@ def build_backbone(cfg: ModelConfig, input_size: int) -> Backbone:
                                dropout=cfg.dropout, input_size=input_size, **cfg.options)
     except TypeError as exc:
         raise FacelabError(f"bad model.options for backbone '{cfg.backbone}': {exc}") from None
+
+
+def inference_form(module: nn.Module, architecture: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """``module`` and its architecture dict as deployed: a :class:`Backbone`'s training-only parts (auxiliary heads)
+    dropped (see :meth:`Backbone.for_inference`); any other module unchanged. ``module`` itself is not modified."""
+    if isinstance(module, Backbone):
+        return module.for_inference(architecture)
+    return module, architecture
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 from facelab.config import ModelConfig
 from facelab.errors import FacelabError
 from facelab.models.base import BACKBONES, Backbone, build_backbone, count_parameters
-from facelab.models.blocks import ConvNormAct, DepthwiseSeparable, norm_factory
+from facelab.models.blocks import ConvNormAct, DepthwiseConv, DepthwiseSeparable, PointwiseConv, norm_factory
 
 
 def _conv_macs(module: nn.Conv2d, out: torch.Tensor) -> int:
@@ -111,56 +111,104 @@ def models_table(input_size: int = 112, embedding_dim: int = 512, width: int = 6
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ConvCost:
+    """One row of ``facelab models --conv``: a layer's weights and MACs, counted on the real block, with the
+    closed-form formula and its value."""
+
+    name: str
+    formula: str
+    formula_params: int
+    params: int
+    macs: int
+
+
 @dataclass
 class ConvComparison:
+    """A standard K x K convolution M -> N against its depthwise (M*K^2), pointwise (N*M) and depthwise-separable
+    (M*K^2 + N*M; MobileNet v1, Howard et al. 2017, section 3.1) replacements on an ``hw x hw`` map."""
+
     cin: int
     cout: int
     kernel: int
     hw: int
-    standard_params: int
-    separable_params: int
-    standard_macs: int
-    separable_macs: int
+    stride: int
+    out_hw: int
+    rows: list[ConvCost]
+
+    def row(self, name: str) -> ConvCost:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def standard_params(self) -> int:
+        return self.row("standard").params
+
+    @property
+    def separable_params(self) -> int:
+        return self.row("depthwise-separable").params
+
+    @property
+    def standard_macs(self) -> int:
+        return self.row("standard").macs
+
+    @property
+    def separable_macs(self) -> int:
+        return self.row("depthwise-separable").macs
 
 
-CONV_KEYS = {"in": "cin", "out": "cout", "k": "kernel", "hw": "hw"}
+CONV_KEYS = {"in": "cin", "out": "cout", "k": "kernel", "hw": "hw", "s": "stride"}
+CONV_OPTIONAL = {"s"}
 
 
 def parse_conv_spec(items: list[str]) -> dict[str, int]:
-    """``["in=3", "out=256", "k=5", "hw=8"]`` -> keyword arguments of :func:`compare_conv`."""
+    """``["in=3", "out=256", "k=5", "hw=8"]`` (and optionally ``s=2``) -> keyword arguments of :func:`compare_conv`."""
     spec: dict[str, int] = {}
     for item in items:
         key, _, value = item.partition("=")
         if key not in CONV_KEYS or not value.isdigit() or int(value) < 1:
-            raise FacelabError(f"--conv takes in=N out=N k=N hw=N with positive integers, got '{item}'")
+            raise FacelabError(f"--conv takes in=N out=N k=N hw=N [s=N] with positive integers, got '{item}'")
         spec[CONV_KEYS[key]] = int(value)
-    missing = [k for k, v in CONV_KEYS.items() if v not in spec]
+    missing = [k for k, v in CONV_KEYS.items() if v not in spec and k not in CONV_OPTIONAL]
     if missing:
         raise FacelabError(f"--conv is missing {', '.join(f'{k}=N' for k in missing)}")
     return spec
 
 
-def compare_conv(cin: int, cout: int, kernel: int, hw: int) -> ConvComparison:
-    """Standard vs depthwise-separable convolution, both built from the real blocks (no norm, no activation, stride
-    1, "same" padding) and measured with :func:`count_macs` on an ``hw x hw`` map."""
+def compare_conv(cin: int, cout: int, kernel: int, hw: int, stride: int = 1) -> ConvComparison:
+    """Standard, depthwise, pointwise and depthwise-separable convolution, each built from the real blocks (no
+    norm, no activation, no bias, "same" padding K // 2) and measured with :func:`count_parameters` and
+    :func:`count_macs` on an ``hw x hw`` map. The stride applies to the spatial convolutions (standard,
+    depthwise, and the separable block's depthwise half); the pointwise row is the separable block's second half,
+    so it runs on the strided map. MACs = weights x output positions (out_hw^2, out_hw = (hw + 2*(K//2) - K) //
+    stride + 1) for each.
+
+    Raises:
+        FacelabError: an even kernel (no symmetric "same" padding).
+    """
     if kernel % 2 == 0:
         raise FacelabError(f"--conv k={kernel}: use an odd kernel so 'same' padding keeps the map at {hw}x{hw}")
+    out_hw = (hw + 2 * (kernel // 2) - kernel) // stride + 1
     none = norm_factory("none")
-    standard = ConvNormAct(cin, cout, kernel, norm=none, act=None)
-    separable = DepthwiseSeparable(cin, cout, kernel, norm=none, act=None)
-    return ConvComparison(cin, cout, kernel, hw, count_parameters(standard), count_parameters(separable),
-                          count_macs(standard, hw, cin), count_macs(separable, hw, cin))
+    m, n, k = cin, cout, kernel
+    blocks = (
+        ("standard", f"N*M*K^2 = {n * m * k * k}", n * m * k * k, ConvNormAct(m, n, k, stride, norm=none, act=None),
+         hw),
+        ("depthwise", f"M*K^2 = {m * k * k}", m * k * k, DepthwiseConv(m, k, stride, norm=none, act=None), hw),
+        ("pointwise", f"N*M = {n * m}", n * m, PointwiseConv(m, n, norm=none, act=None), out_hw),
+        ("depthwise-separable", f"M*K^2 + N*M = {m * k * k + n * m}", m * k * k + n * m,
+         DepthwiseSeparable(m, n, k, stride, norm=none, act=None), hw),
+    )
+    rows = [ConvCost(name, formula, value, count_parameters(block), count_macs(block, side, m))
+            for name, formula, value, block, side in blocks]
+    return ConvComparison(m, n, k, hw, stride, out_hw, rows)
 
 
 def conv_table(c: ConvComparison) -> str:
     m, n, k, hw = c.cin, c.cout, c.kernel, c.hw
-    rows = [
-        ("standard", f"N*M*K^2 = {n * m * k * k}", c.standard_params, c.standard_macs),
-        ("depthwise-separable", f"M*K^2 + N*M = {m * k * k + n * m}", c.separable_params, c.separable_macs),
-    ]
-    lines = [f"convolution M={m} -> N={n}, K={k}, on a {hw}x{hw} map (stride 1, no bias, no norm)",
+    lines = [f"convolution M={m} -> N={n}, K={k}, stride {c.stride}, on a {hw}x{hw} map -> {c.out_hw}x{c.out_hw} "
+             "(no bias, no norm)",
              f"{'':<20} {'formula':>28} {'params':>10} {'MACs':>12}"]
-    lines += [f"{name:<20} {formula:>28} {p:>10} {macs:>12}" for name, formula, p, macs in rows]
+    lines += [f"{r.name:<20} {r.formula:>28} {r.params:>10} {r.macs:>12}" for r in c.rows]
     lines.append(f"separable / standard: {c.separable_params / c.standard_params:.4f} "
-                 f"(1/N + 1/K^2 = {1 / n + 1 / (k * k):.4f}); MACs = params x {hw}x{hw}")
+                 f"(1/N + 1/K^2 = {1 / n + 1 / (k * k):.4f}); MACs = params x {c.out_hw}x{c.out_hw}")
     return "\n".join(lines)
