@@ -173,3 +173,20 @@ def test_torchrun_two_processes_then_resume_on_one(small_faces: Path, tmp_path: 
 
     metrics = evaluate(run, quiet=True)  # the merged checkpoint loads in one process for evaluation
     assert metrics["closed_set"]["classes"] == 6
+
+
+def test_joint_loss_terms_are_logged_per_epoch(small_faces: Path, tmp_path: Path) -> None:
+    """Each component's unweighted epoch mean lands in history, metrics.jsonl and the curves; the weighted sum of
+    the means is the logged total (both are image-weighted means of the same batches)."""
+    components = "[{name: softmax, weight: 0.7}, {name: center, weight: 0.3}]"
+    cfg = tiny(small_faces, tmp_path / "joint", "optim.epochs=1", "loss.name=joint", "loss.options={}",
+               f"loss.options.components={components}", "train.log_every_steps=1")
+    result = train(cfg, quiet=True)
+    rec = result.history[0]
+    assert {"loss.0.softmax", "loss.1.center"} <= set(rec)
+    assert rec["loss.0.softmax"] > 0 and rec["loss.1.center"] > 0
+    assert 0.7 * rec["loss.0.softmax"] + 0.3 * rec["loss.1.center"] == pytest.approx(rec["loss"], rel=1e-5)
+    logged = [json.loads(line) for line in (tmp_path / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["loss.1.center"] == pytest.approx(rec["loss.1.center"])
+    single = train(tiny(small_faces, tmp_path / "single", "optim.epochs=1"), quiet=True).history[0]
+    assert not any(k.startswith("loss.") for k in single)

@@ -69,6 +69,10 @@ def plot_training_curves(history: list[dict], path: str | Path) -> None:
     ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="train loss")
     if any(h.get("val_loss") is not None for h in history):
         ax1.plot(epochs, [h.get("val_loss") for h in history], color="tab:blue", linestyle=":", label="val loss")
+    terms = sorted({k for h in history for k in h if k.startswith("loss.")})  # a joint loss's components
+    for i, key in enumerate(terms):
+        ax1.plot(epochs, [h.get(key) for h in history], color="tab:blue", linestyle="--", linewidth=1,
+                 alpha=0.9 - 0.5 * i / max(len(terms), 1), label=f"{key[5:]} (unweighted)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss", color="tab:blue")
     handles, labels = ax1.get_legend_handles_labels()

@@ -99,6 +99,15 @@ def _say(msg: str, quiet: bool) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+def loss_term_keys(loss_fn: nn.Module) -> list[str]:
+    """The component names a joint loss reports in ``last_terms`` after each call (``<index>.<loss name>``), logged
+    per epoch as ``loss.<index>.<name>``; [] for a single loss."""
+    names = getattr(loss_fn, "names", None)
+    if not isinstance(names, list) or not hasattr(loss_fn, "last_terms"):
+        return []
+    return [f"{i}.{name}" for i, name in enumerate(names)]
+
+
 @dataclass
 class EpochTally:
     """Running sums of one epoch (this rank's, plus the global sums restored from a mid-epoch checkpoint)."""
@@ -607,7 +616,9 @@ class _Run:
                                                                        self.start_epoch + stop_after_epochs)
         steps_run = 0
         window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+        term_keys = loss_term_keys(self.loss_fn)
         for epoch in range(self.start_epoch, last):
+            term_sums = [0.0] * (len(term_keys) + 1)  # per-term sums weighted by images, then the image count
             epoch_seed = cfg.seed * 100_003 + epoch
             seed_everything(epoch_seed + ctx.rank * 1_000_003)  # augmentations differ per rank; rank 0 as before
             self.generator.manual_seed(epoch_seed)  # the same global batches on every rank
@@ -633,6 +644,11 @@ class _Run:
                 out = self._forward_backward(images, labels, sync=(micro + 1) % k == 0, epoch=epoch, micro=micro,
                                              index=index)
                 n = labels.numel()
+                if term_keys:
+                    last_terms = self.loss_fn.last_terms
+                    for j, key in enumerate(term_keys):
+                        term_sums[j] += last_terms.get(key, 0.0) * n
+                    term_sums[-1] += n
                 tally.loss_sum += out[0] * n
                 tally.seen += n
                 tally.nonzero += out[0] != 0.0
@@ -677,6 +693,9 @@ class _Run:
                       "train_acc": correct / seen if no_acc == 0 and seen else None,
                       "images_per_s": seen / dt if dt > 0 else math.nan, "seconds": dt,
                       "lr": self.optimizer.param_groups[0]["lr"]}
+            if term_keys:  # a joint loss: each component's unweighted mean (since a mid-epoch resume, if any)
+                sums = D.all_reduce_sum(ctx, term_sums, self.device)
+                record.update({f"loss.{key}": sums[j] / max(sums[-1], 1) for j, key in enumerate(term_keys)})
             improved = self._validate_epoch(epoch + 1, record) if self.best is not None else False
             self.history.append(record)
             self._checkpoint(epoch + 1, 0, None, best=improved)
@@ -688,6 +707,8 @@ class _Run:
             val = "".join(f" {k} {record[k]:.4f}" for k in ("val_loss", "val_acc", "val_auc")
                           if record.get(k) is not None)
             val += " (best)" if improved else ""
+            if term_keys:
+                val += " (" + ", ".join(f"{key} {record[f'loss.{key}']:.4f}" for key in term_keys) + ")"
             self.say(f"epoch {epoch + 1}/{cfg.optim.epochs}: loss {record['loss']:.4f}{acc}{val} "
                      f"{record['images_per_s']:.0f} img/s")
             if self.best is not None and self.best.stopped:
