@@ -87,6 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_argument(p, positional=False)
     p.add_argument("--identity", metavar="NAME", help="verify the photo against this enrolled identity")
     p.add_argument("--gallery", metavar="DB", help="the gallery holding --identity")
+    p.add_argument("--scorer", default="cosine", choices=("cosine", "deepface"),
+                   help="cosine (default) or deepface: the chi-square + SVM verifier a bundle carries (fit one "
+                   "with `facelab verifier`); two photos only")
     _threshold_args(p, "FAR")
     _json_arg(p)
 
@@ -264,6 +267,8 @@ def _open_gallery(args: argparse.Namespace, model: Any, create: bool = True, rea
 def _cmd_verify(args: argparse.Namespace) -> int:
     model = open_model(args)
     if args.identity is not None:
+        if args.scorer != "cosine":
+            raise FacelabError(f"--scorer {args.scorer} compares two photos; --identity uses the cosine threshold")
         if len(args.images) != 1 or not args.gallery:
             raise FacelabError("--identity verifies ONE photo against a gallery: give IMG --identity NAME "
                                "--gallery DB")
@@ -275,7 +280,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 0
     if len(args.images) != 2:
         raise FacelabError(f"verify compares two photos (or one with --identity), got {len(args.images)}")
-    v = model.verify(args.images[0], args.images[1], threshold=args.threshold, target_far=args.target)
+    v = model.verify(args.images[0], args.images[1], threshold=args.threshold, target_far=args.target,
+                     scorer=args.scorer)
     _emit(args, v.to_dict(), f"{'same person' if v.same_person else 'different people'} (score {v.score:.4f}, "
           f"threshold {v.threshold:.4f}: {v.threshold_source})")
     return 0

@@ -9,17 +9,17 @@ SVM is a small squared-hinge L2 linear SVM solved with L-BFGS (scikit-learn is n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
 from facelab.evaluation.scorers import SCORERS
+from facelab.inference.verifiers import ChiSquareVerifier
 
 _EPS = 1e-8
-
-
-def chi2_terms(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
-    """Per-component chi-square terms of non-negative features; symmetric in the two images."""
-    return (fa - fb) ** 2 / (fa + fb + _EPS)
 
 
 def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, iters: int = 200) -> tuple[np.ndarray, float]:
@@ -43,37 +43,80 @@ def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, iters: int = 20
 
 
 class DeepFaceChiSquare:
+    """The DeepFace verifier as a k-fold pair scorer: ``fit`` on labelled pairs, ``score`` others. The fitted
+    parameters are a :class:`facelab.inference.verifiers.ChiSquareVerifier` (``fitted``), which a bundle can carry."""
+
     name = "deepface"
     accept = "SVM decision value of the weighted chi-square terms >= threshold"
     trainable = True
 
     def __init__(self, c: float = 1.0) -> None:
         self.c = c
-        self.lo: np.ndarray | None = None
-
-    def _features(self, e: np.ndarray) -> np.ndarray:
-        f = np.clip((np.asarray(e, np.float64) - self.lo) / self.span, 0.0, 1.0)
-        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), _EPS)
-
-    def _terms(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return chi2_terms(self._features(a), self._features(b)) / self.scale
+        self.fitted: ChiSquareVerifier | None = None
 
     def fit(self, a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> None:
+        """Fit on pairs (a[i], b[i]) of (N, D) embeddings with boolean ``labels`` (same person)."""
         both = np.concatenate([a, b]).astype(np.float64)
-        self.lo = both.min(0)
-        self.span = np.maximum(both.max(0) - self.lo, _EPS)
-        self.scale = 1.0
-        raw = self._terms(a, b)
-        self.scale = np.maximum(raw.std(0), _EPS)  # per-term standardisation keeps the SVM well conditioned
-        self.w, self.b = fit_linear_svm(raw / self.scale, np.asarray(labels, bool), self.c)
+        lo = both.min(0)
+        span = np.maximum(both.max(0) - lo, _EPS)
+        ones = np.ones(a.shape[1])
+        unscaled = ChiSquareVerifier(lo, span, ones, np.zeros(a.shape[1]), 0.0, 0.0)
+        raw = unscaled.terms(a, b)
+        scale = np.maximum(raw.std(0), _EPS)  # per-term standardisation keeps the SVM well conditioned
+        w, bias = fit_linear_svm(raw / scale, np.asarray(labels, bool), self.c)
+        self.fitted = ChiSquareVerifier(lo, span, scale, w, bias, 0.0)
 
     def score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self.lo is None:
+        if self.fitted is None:
             raise RuntimeError("DeepFaceChiSquare.score called before fit")
-        return self._terms(a, b) @ self.w + self.b
+        return self.fitted.score(a, b)
 
     def native(self, oriented: float) -> float:
         return float(oriented)
 
 
 SCORERS.register("deepface")(DeepFaceChiSquare)
+
+
+def fit_verifier(model: Any, pairs_file: str | Path | Sequence[str | Path], data_root: str | Path | None = None,
+                 fmt: str | None = None, *, target_far: float = 1e-3, folds: int = 10, c: float = 1.0,
+                 flip: bool | None = None, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Fit the deployable DeepFace verifier of ``model`` on a labelled pair list (``facelab verifier``).
+
+    The model's unit-length embeddings of the pairs are scored k-fold (the SVM fitted on the other folds, as
+    ``facelab pairs`` does), the threshold is the one at ``target_far`` on those out-of-fold scores, and the verifier
+    kept is fitted on all pairs. Returns (the model carrying the verifier, a summary with the k-fold accuracy of the
+    verifier and of cosine on the same pairs).
+
+    Raises:
+        FacelabError: an unlabelled or unreadable pair list, an unusable image, a bad ``target_far``.
+    """
+    from facelab.errors import FacelabError
+    from facelab.evaluation.pairs import read_pairs, score_pairs
+    from facelab.inference.model import load_model, unit
+
+    if not 0 < target_far < 1:
+        raise FacelabError(f"target FAR must be in (0, 1), got {target_far}")
+    pairs = read_pairs(pairs_file, data_root, fmt, folds)
+    pairs.require_images()
+    if pairs.labels is None:
+        raise FacelabError(f"{pairs.source}: the pair list has no labels, so no verifier can be fitted on it")
+    fm = load_model(model)
+    emb = unit(fm.embedder(progress=not quiet, cache=True, flip=flip).embed_all(pairs.images,
+                                                                                 desc=f"embed {pairs.name}"))
+    results = score_pairs(emb, pairs, ("cosine", "deepface"), far_targets=(target_far,))
+    point = results["deepface"]["report"]["tar_at_far"][0]
+    kfold = {name: results[name]["kfold"] for name in ("deepface", "cosine")}
+    final = DeepFaceChiSquare(c)
+    final.fit(emb[pairs.first], emb[pairs.second], pairs.labels)
+    assert final.fitted is not None
+    n = len(pairs.labels)
+    source = (f"chi-square + linear SVM fitted on {n} pairs of {pairs.name}; threshold at FAR {target_far:g} on "
+              f"out-of-fold scores ({len(kfold['deepface']['per_fold'])}-fold accuracy "
+              f"{kfold['deepface']['accuracy_mean']:.4f}, cosine {kfold['cosine']['accuracy_mean']:.4f})")
+    summary = {"pairs": n, "genuine": int(pairs.labels.sum()), "target_far": target_far,
+               "threshold": float(point["threshold"]), "far": point["far"], "tar": point["tar"],
+               "reliable": point["reliable"], "accuracy": kfold["deepface"]["accuracy_mean"],
+               "accuracy_std": kfold["deepface"]["accuracy_std"], "cosine_accuracy": kfold["cosine"]["accuracy_mean"],
+               "source": source}
+    return fm.with_verifier(final.fitted.with_threshold(point["threshold"], source)), summary

@@ -28,6 +28,7 @@ import torch
 from facelab.errors import FacelabError
 from facelab.inference.spec import InputSpec
 from facelab.inference.thresholds import Thresholds
+from facelab.inference.verifiers import ChiSquareVerifier
 from facelab.utils.io import atomic_open
 
 FORMAT = "facelab-bundle"
@@ -72,11 +73,15 @@ class BundleMeta:
     fingerprint: str
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    #: a learned 1:1 verifier (facelab.inference.verifiers) used instead of the cosine threshold on request
+    verifier: ChiSquareVerifier | None = None
 
     def to_dict(self) -> dict[str, Any]:
         meta = {"format": FORMAT, "version": VERSION, "architecture": self.architecture, "spec": self.spec.to_dict(),
                 "embedding_dim": self.embedding_dim, "thresholds": self.thresholds.to_dict(),
                 "model_fingerprint": self.fingerprint, "source": self.source, "info": self.info}
+        if self.verifier is not None:
+            meta["verifier"] = self.verifier.to_dict()
         meta["integrity"] = _integrity(meta)
         return meta
 
@@ -92,7 +97,7 @@ class BundleMeta:
             raise FacelabError(f"{where}: bundle version {raw.get('version')!r} is not supported (need {VERSION})"
                                f"{hint}")
         known = {"format", "version", "architecture", "spec", "embedding_dim", "thresholds", "model_fingerprint",
-                 "source", "info", "integrity"}
+                 "source", "info", "integrity", "verifier"}
         unknown = set(raw) - known
         if unknown:
             raise FacelabError(f"{where}: unknown bundle metadata key(s) {', '.join(sorted(unknown))}")
@@ -112,9 +117,10 @@ class BundleMeta:
             raise FacelabError(f"{where}: info must be a mapping")
         if not isinstance(raw.get("spec"), dict):
             raise FacelabError(f"{where}: spec must be a mapping")
+        verifier = None if raw.get("verifier") is None else ChiSquareVerifier.from_dict(raw["verifier"], where, dim)
         return cls(arch, InputSpec.from_dict(raw["spec"], f"{where} spec"), dim,
                    Thresholds.from_dict(raw.get("thresholds", {}), where), fp,
-                   _text(raw.get("source", ""), "source", where), info)
+                   _text(raw.get("source", ""), "source", where), info, verifier)
 
 
 def write_bundle(path: str | Path, state: Mapping[str, torch.Tensor], meta: BundleMeta) -> Path:

@@ -35,6 +35,7 @@ from facelab.inference.bundle import BundleMeta, is_bundle, model_fingerprint, r
 from facelab.inference.embedder import Embedder
 from facelab.inference.spec import InputSpec
 from facelab.inference.thresholds import IDENTIFICATION, VERIFICATION, Threshold, Thresholds
+from facelab.inference.verifiers import VERIFIER_KINDS, ChiSquareVerifier
 from facelab.models import build_from_architecture, inference_form
 from facelab.runs import EMBEDDING_CACHE, LoadedRun, eer_threshold, is_run, load_run, load_thresholds
 from facelab.utils.device import resolve_device
@@ -106,6 +107,8 @@ class FaceModel:
     run: LoadedRun | None = field(default=None, repr=False)
     #: the reference as the user gave it (set by load_model)
     ref: str = ""
+    #: a learned 1:1 verifier carried by the bundle (``verify(..., scorer="deepface")``)
+    verifier: ChiSquareVerifier | None = field(default=None, repr=False)
 
     @classmethod
     def from_module(cls, backbone: nn.Module, architecture: dict[str, Any], spec: InputSpec, *,
@@ -165,20 +168,52 @@ class FaceModel:
         return self.thresholds.resolve(task, threshold, target)
 
     def verify(self, a: ImageInput, b: ImageInput, *, threshold: float | None = None,
-               target_far: float | None = None) -> Verification:
-        """1:1: are the faces in ``a`` and ``b`` the same person? Cosine score against the 1:1 threshold."""
-        t = self.threshold(VERIFICATION, threshold, target_far)
+               target_far: float | None = None, scorer: str = "cosine") -> Verification:
+        """1:1: are the faces in ``a`` and ``b`` the same person? ``scorer`` "cosine": cosine score against the 1:1
+        threshold; "deepface": the learned chi-square + SVM verifier the bundle carries (its own threshold unless
+        ``threshold`` is given).
+
+        Raises:
+            FacelabError: an unknown scorer, a deepface request to a model without a verifier, no face found.
+        """
+        if scorer not in ("cosine", *VERIFIER_KINDS):
+            raise FacelabError(f"unknown scorer {scorer!r}; use cosine or {', '.join(VERIFIER_KINDS)}")
+        if scorer != "cosine":
+            v = self.require_verifier(scorer)
+            if target_far is not None:
+                raise FacelabError(f"--target-far applies to the cosine threshold; the {scorer} verifier has one "
+                                   f"threshold (give --threshold to override it)")
+        else:
+            t = self.threshold(VERIFICATION, threshold, target_far)
         fa, fb = self.embed_face(a), self.embed_face(b)
+        if scorer != "cosine":
+            score = float(v.score(fa.embedding[None], fb.embedding[None])[0])
+            value = v.threshold if threshold is None else float(threshold)
+            source = f"{scorer} verifier: {v.source}" if threshold is None else "given"
+            return Verification(score, value, source, score >= value, (fa, fb))
         score = float(np.clip(np.dot(fa.embedding, fb.embedding), -1.0, 1.0))
         return Verification(score, t.value, t.source, score >= t.value, (fa, fb))
+
+    def require_verifier(self, kind: str) -> ChiSquareVerifier:
+        """The stored learned verifier of ``kind``, or a FacelabError saying how to get one."""
+        if self.verifier is None or self.verifier.kind != kind:
+            raise FacelabError(f"this model carries no {kind} verifier: fit one with `facelab verifier MODEL "
+                               f"--pairs PAIRS --data DIR -o model.safetensors`")
+        return self.verifier
 
     # -- persistence ------------------------------------------------------------------------------------------------
     def with_thresholds(self, thresholds: Thresholds) -> FaceModel:
         return dataclasses.replace(self, thresholds=thresholds)
 
+    def with_verifier(self, verifier: ChiSquareVerifier | None) -> FaceModel:
+        if verifier is not None and verifier.lo.shape != (self.embedding_dim,):
+            raise FacelabError(f"a verifier for {verifier.lo.shape[0]}-d embeddings does not fit this "
+                               f"{self.embedding_dim}-d model")
+        return dataclasses.replace(self, verifier=verifier)
+
     def bundle_meta(self) -> BundleMeta:
         return BundleMeta(self.architecture, self.spec, self.embedding_dim, self.thresholds, self.fingerprint,
-                          self.source[:2000], self.info)
+                          self.source[:2000], self.info, self.verifier)
 
     def save_bundle(self, path: str | Path) -> Path:
         """Write this model as a bundle (safetensors + validated metadata), atomically."""
@@ -271,7 +306,7 @@ def _load_bundle_model(ref: str, device: str | None = None, **_: Any) -> FaceMod
                                   device=device or "auto", info=meta.info)
     if model.fingerprint != meta.fingerprint:  # the same weights on another device hash alike; guard anyway
         raise FacelabError(f"{ref}: the rebuilt model does not match the stored fingerprint")
-    return model
+    return model.with_verifier(meta.verifier)
 
 
 def _pretrained_module() -> Any:

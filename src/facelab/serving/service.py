@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from facelab.errors import FacelabError
 from facelab.images import ImageTooLarge, UnsupportedImage
@@ -312,11 +312,18 @@ def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes:
     def verify(image_a: Annotated[UploadFile, File(description="a photo with the face to check")],
                image_b: Annotated[UploadFile | None, File(description="second photo (or give identity)")] = None,
                identity: Annotated[str | None, Form(max_length=256, description="enrolled identity to verify "
-                                                    "image_a against (instead of image_b)")] = None) -> VerifyOut:
+                                                    "image_a against (instead of image_b)")] = None,
+               scorer: Annotated[Literal["cosine", "deepface"], Form(description="cosine (default), or deepface: "
+                                 "the bundle's chi-square + SVM verifier (two photos only)")] = "cosine"
+               ) -> VerifyOut:
         """1:1 -- are these two faces the same person? Or, with ``identity``, is this face that enrolled person?"""
         t = threshold(VERIFICATION)
         if (image_b is None) == (identity is None):
             raise FacelabError("give either image_b or identity")
+        if scorer != "cosine":
+            if identity is not None:
+                raise FacelabError(f"scorer {scorer} compares two photos; identity uses the cosine threshold")
+            model.require_verifier(scorer)  # before reading any upload
         if identity is not None:
             ((name, data),) = read([image_a])
             with guarded():
@@ -325,8 +332,13 @@ def create_app(gallery: FaceGallery, token: str | None = None, max_upload_bytes:
                              same_person=r.same_person, identity=r.name, faces=[FaceOut(**r.face.face_dict())])
         (na, da), (nb, db) = read([image_a, image_b])  # type: ignore[list-item]
         with guarded():
-            v = model.verify((na, da), (nb, db), threshold=t.value)
-        return VerifyOut(score=v.score, threshold=t.value, threshold_source=t.source, same_person=v.same_person,
+            if scorer != "cosine":
+                v = model.verify((na, da), (nb, db), scorer=scorer)
+                value, source = v.threshold, v.threshold_source
+            else:
+                v = model.verify((na, da), (nb, db), threshold=t.value)
+                value, source = t.value, t.source
+        return VerifyOut(score=v.score, threshold=value, threshold_source=source, same_person=v.same_person,
                          faces=[FaceOut(**f.face_dict()) for f in v.faces])
 
     @app.post("/identify", response_model=IdentifyOut, tags=["recognition"])
