@@ -15,27 +15,17 @@ Writes OUT/bench_detectors.json and .md.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 from tqdm import tqdm
 
 from facelab.faces.detectors import get_detector, set_default_threads
 from facelab.faces.pipeline import AlignOptions, faces_in
 from facelab.images import list_images, read_image
 from facelab.utils.io import write_json
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import FACE, TOKEN, demo_size_model, free_port, synthetic_gallery
+from machine import machine
 
 HOLD_LOCK = ("import sqlite3, sys, time\n"
              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -221,7 +222,7 @@ def main() -> None:
         proc = start_server(model_path, db, port, args.serve_args.split())
         base = f"http://127.0.0.1:{port}"
         try:
-            doc = {"machine": _machine(), "server": f"facelab serve {args.serve_args}".strip(),
+            doc = {"machine": machine(), "server": f"facelab serve {args.serve_args}".strip(),
                    "hostile": hostile_load(base, proc.pid, args.concurrency, args.bombs, args.side),
                    "lock": lock_check(base, db, args.rounds)}
         finally:
@@ -240,14 +241,6 @@ def main() -> None:
           f"{lk['identify_ms']['free']} ms), /enroll {lk['enroll_while_locked']}")
     print(f"report: {args.out} and {args.out.with_suffix('.png')}")
 
-
-def _machine() -> str:
-    try:
-        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

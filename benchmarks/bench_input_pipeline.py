@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name
 from torch.utils.data import DataLoader
 
 from facelab.config import load_config
@@ -44,16 +44,6 @@ from facelab.data.transforms import base_transform, train_transform
 from facelab.images import list_images, read_image, read_image_tensor
 from facelab.utils.io import write_json
 from facelab.utils.plotting import plt, save_figure
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def baseline_epoch(paths: list[Path], cfg: Any, batch: int, g: torch.Generator) -> int:
@@ -160,7 +150,7 @@ def main() -> None:
     base = med["baseline (PIL + torchvision.transforms)"]
     dmed = {k: statistics.median(v) for k, v in decode_rates.items()}
     doc = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                     "load_average_start": load0, "load_average_end": os.getloadavg()},
         "setup": {"images": len(items), "input_size": args.size, "batch": args.batch, "rounds": args.rounds,
                   "source": str(root), "augmentation": {"crop_scale": list(cfg.data.crop_scale), "ratio": [0.9, 1.1],
@@ -186,7 +176,7 @@ def main() -> None:
     bx.set_xlim(0, max(dmed.values()) * 1.3)
     bx.set_xlabel(f"images/s, decode + resize to {args.size}")
     bx.set_title("decoders alone", fontsize=9)
-    fig.suptitle(f"{cpu_model()}, {args.threads} thread, median of {args.rounds} interleaved rounds", fontsize=8)
+    fig.suptitle(f"{cpu_name()}, {args.threads} thread, median of {args.rounds} interleaved rounds", fontsize=8)
     fig.tight_layout()
     save_figure(fig, out.with_suffix(".png"))
     print("| variant | images/s | x baseline |\n|---|---:|---:|")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 #: ../shared/data beside the repo; FACELAB_SHARED_DATA points elsewhere (a git worktree that does not sit beside it)
 SHARED_DATA = Path(os.environ.get("FACELAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 BUNDLED_ORL = REPO / "src" / "facelab" / "assets" / "att_faces"
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("torch_one_thread")``): tiny
+    models gain nothing from threads, and on a shared 2-core machine extra threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,12 +7,10 @@ import csv
 import itertools
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sklearn.metrics import normalized_mutual_info_score
 from test_serving_support import tiny_model
@@ -25,13 +23,7 @@ from facelab.evaluation.clustering import cluster_embeddings, relabel_by_size, s
 from facelab.inference.model import FaceModel
 from facelab.inference.spec import InputSpec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # -- scores -------------------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@ norm, DropBlock only in training, the demo architecture unchanged, and ``facelab
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -22,13 +20,7 @@ NORMS = ["batch", "layer", "group", "instance", "none"]
 WIDTH = {"resnet50": 4, "resnet100": 4, "resnet101": 4, "resnet152": 4, "vgg16": 8, "vgg19": 8, "alexnet": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads; on a shared 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small(name: str, input_size: int = 64, embedding_dim: int = 16, **options: object) -> Backbone:

@@ -3,7 +3,6 @@ gone from what is deployed (inference form, run -> bundle)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,7 @@ TINY = ["data.input_size=64", "data.batch_size=4", "data.cache_images=true", "mo
         "data.split.open_identities=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def aux_model(weight: float = 0.3, size: int = 64) -> torch.nn.Module:

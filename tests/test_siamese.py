@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,7 @@ from facelab.errors import FacelabError
 from facelab.losses.siamese import PAIR_LOSSES, ContrastivePairLoss, LogisticPairLoss
 from facelab.siamese import train_siamese
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def embeddings(seed: int = 0, n: int = 6, d: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
