@@ -238,3 +238,34 @@ def test_every_cli_option_has_help() -> None:
                     check(sub, f"{name} {sub_name}")
 
     check(build_parser(), "facelab")
+
+
+@pytest.mark.slow
+def test_loader_workers_keep_resume_exact(small_faces: Path, tmp_path: Path) -> None:
+    """With loader processes the augmentations depend on (seed, epoch) only: a run resumed at an epoch boundary
+    equals the uninterrupted one, and differs from a run with another seed."""
+    settings = ("optim.epochs=2", "data.num_workers=2", "data.cache_images=false")
+    straight = train(tiny_config(small_faces, tmp_path / "a", *settings), quiet=True)
+    cfg = tiny_config(small_faces, tmp_path / "b", *settings)
+    train(cfg, quiet=True, stop_after_epochs=1)
+    resumed = train(cfg, resume=True, quiet=True)
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    other = train(tiny_config(small_faces, tmp_path / "c", *settings, "seed=1"), quiet=True)
+    assert other.history[-1]["loss"] != straight.history[-1]["loss"]
+
+
+def test_auto_loader_workers_follow_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facelab.utils.device import loader_workers
+
+    for cores, world, expected in ((1, 1, 0), (2, 1, 0), (4, 1, 3), (16, 1, 4), (16, 2, 4), (8, 4, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert loader_workers("auto", world) == expected, (cores, world)
+    assert loader_workers(3) == 3 and loader_workers(0) == 0
+    from facelab.config import validate
+
+    validate(tiny_config(Path("."), Path("x")))  # "auto", the default, is valid
+    for bad in ("-1", "many", "true"):
+        with pytest.raises(FacelabError, match=r"data\.num_workers"):
+            validate(tiny_config(Path("."), Path("x"), f"data.num_workers={bad}"))

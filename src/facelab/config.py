@@ -51,7 +51,9 @@ class DataConfig:
     sampler: str = "auto"
     #: extra keyword arguments for the sampler
     sampler_options: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
+    #: loader processes: "auto" (0 on machines with <= 2 usable cores, where they only compete with the model; else
+    #: one per core left after the training processes, at most 4) or a count
+    num_workers: int | str = "auto"
     #: decode every image once up front (fast epochs, finds every corrupt file before training)
     cache_images: bool = False
     #: with cache_images: keep the decoded images in a memory-mapped file in this folder instead of RAM (datasets
@@ -264,7 +266,9 @@ def validate(cfg: TrainConfig) -> None:
     _require("data.input_size", d.input_size >= 1, "must be a positive number of pixels", d.input_size)
     _require("data.batch_size", d.batch_size >= 2, "must be >= 2 (BatchNorm needs 2 images per batch)",
              d.batch_size)
-    _require("data.num_workers", d.num_workers >= 0, "must be >= 0", d.num_workers)
+    _require("data.num_workers", d.num_workers == "auto" or (isinstance(d.num_workers, int)
+             and not isinstance(d.num_workers, bool) and d.num_workers >= 0), "must be auto or a count >= 0",
+             d.num_workers)
     _require("data.pipeline", d.pipeline in ("exact", "fast"), "must be exact or fast", d.pipeline)
     lo, hi = d.crop_scale
     _require("data.crop_scale", _number(lo) and _number(hi) and 0 < lo <= hi <= 1,

@@ -49,7 +49,7 @@ from facelab.inference.model import FaceModel
 from facelab.inference.spec import InputSpec
 from facelab.losses.siamese import PAIR_LOSSES
 from facelab.models import build_backbone
-from facelab.utils.device import resolve_device
+from facelab.utils.device import loader_workers, resolve_device
 from facelab.utils.io import atomic_open, write_json
 
 BUNDLE, HEAD, TRAIN_CSV, TEST_CSV, HISTORY = ("model.safetensors", "pair_head.safetensors", "train_pairs.csv",
@@ -147,7 +147,7 @@ def train_siamese(cfg: PairTrainConfig, quiet: bool = False) -> SiameseResult:
     images = FaceDataset(root, [(p.relative_to(root).as_posix(), i) for i, p in enumerate(train_imgs)], d.input_size,
                          train_transform(d), cache=d.cache_images, reader=reader, progress=not quiet)
     loader = DataLoader(PairDataset(images, tf, ts, ty), batch_size=d.batch_size, shuffle=True, drop_last=True,
-                        num_workers=d.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+                        num_workers=loader_workers(d.num_workers), generator=torch.Generator().manual_seed(cfg.seed))
     if len(loader) == 0:
         raise FacelabError(f"{len(tf)} training pairs make no batch of data.batch_size={d.batch_size}")
     backbone = build_backbone(cfg.model, d.input_size).to(device)

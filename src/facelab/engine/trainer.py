@@ -68,7 +68,7 @@ from facelab.models.base import MIN_INPUT
 from facelab.models.onnx_graph import ONNX_BACKBONE
 from facelab.runs import BEST, CHECKPOINT, CONFIG, SPLIT, build_model_and_loss, load_checkpoint, save_checkpoint
 from facelab.utils import distributed as D
-from facelab.utils.device import default_batch_size, resolve_device
+from facelab.utils.device import default_batch_size, loader_workers, resolve_device
 from facelab.utils.extras import require_tensorboard
 from facelab.utils.io import atomic_open, write_json
 
@@ -438,10 +438,15 @@ class _Run:
                                f"equal slices of at least 2 (BatchNorm): make data.batch_size a multiple of "
                                f"{ctx.world} and at least {2 * ctx.world}")
         self.batch_sampler = D.ShardedBatchSampler(base, ctx.rank, ctx.world)
+        self.workers = loader_workers(cfg.data.num_workers, ctx.world)
+        # workers are started afresh each epoch from a generator seeded by the epoch, so their augmentations depend
+        # on (seed, epoch) only and a resume at an epoch boundary repeats them exactly. Without workers the loader
+        # keeps drawing its (unused) seed from the global RNG, so runs without workers are unchanged.
+        self.worker_generator = torch.Generator()
         self.loader = DataLoader(self.dataset if self.targets is None else Indexed(self.dataset),
-                                 batch_sampler=self.batch_sampler, num_workers=cfg.data.num_workers,
-                                 collate_fn=collate,
-                                 persistent_workers=cfg.data.num_workers > 0, pin_memory=device.type == "cuda")
+                                 batch_sampler=self.batch_sampler, num_workers=self.workers,
+                                 collate_fn=collate, generator=self.worker_generator if self.workers else None,
+                                 persistent_workers=False, pin_memory=device.type == "cuda")
         self.steps = len(self.loader) // cfg.optim.accumulate
         if self.steps == 0:
             raise FacelabError(f"an epoch has {len(self.loader)} batches, fewer than optim.accumulate="
@@ -622,6 +627,7 @@ class _Run:
             epoch_seed = cfg.seed * 100_003 + epoch
             seed_everything(epoch_seed + ctx.rank * 1_000_003)  # augmentations differ per rank; rank 0 as before
             self.generator.manual_seed(epoch_seed)  # the same global batches on every rank
+            self.worker_generator.manual_seed(epoch_seed * 31 + ctx.rank)  # loader workers' seeds (if any)
             skip = self.batches_done if epoch == self.start_epoch else 0
             tally = EpochTally()
             if skip and self.partial is not None and ctx.is_main:

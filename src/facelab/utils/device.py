@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from facelab.errors import FacelabError
@@ -38,3 +40,18 @@ DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64, "mps": 32}
 def default_batch_size(device: torch.device | str) -> int:
     """The default images per forward pass on ``device`` (see :data:`DEFAULT_BATCH_SIZE`)."""
     return DEFAULT_BATCH_SIZE.get(torch.device(device).type, 8)
+
+
+def loader_workers(setting: int | str, world: int = 1) -> int:
+    """Loader processes per training process for ``data.num_workers``: a count as given; "auto": 0 with <= 2 usable
+    cores (workers would only compete with the model for them), else the cores left after the ``world`` training
+    processes, shared among them, at most 4 each."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if cores <= 2:
+        return 0
+    return max(0, min(4, (cores - world) // max(world, 1)))
