@@ -126,7 +126,7 @@ def cmd_lfw(args: argparse.Namespace) -> None:
 
 def cmd_lfw_1n(args: argparse.Namespace) -> None:
     from facelab.evaluation.calibration import calibrate_open_set
-    from facelab.evaluation.identification import Searches, fnir, folder_items, fpir, search, threshold_at_fpir
+    from facelab.evaluation.identification import fnir, folder_items, held_out_fpir, search
     from facelab.inference.model import load_model
 
     torch.set_num_threads(args.threads)
@@ -148,20 +148,12 @@ def cmd_lfw_1n(args: argparse.Namespace) -> None:
     s = search(emb[len(g_paths):], q_labels, emb[:len(g_paths)], g_labels, "cosine")
     cal = calibrate_open_set(s, "fpir", args.target_fpir)
     thr = cal["threshold"]
-    # 2-fold over the strangers: threshold on one half (+ all mated searches), FPIR on the other half
-    non = np.nonzero(~s.mated)[0]
-    halves = [non[0::2], non[1::2]]
-    mated = np.nonzero(s.mated)[0]
-    held = []
-    for a, b in ((0, 1), (1, 0)):
-        sub = np.r_[mated, halves[a]]
-        t = threshold_at_fpir(Searches(s.identities, s.scores[sub], s.mate[sub]), args.target_fpir)
-        held.append(fpir(Searches(s.identities, s.scores[halves[b]], s.mate[halves[b]]), t))
+    held = held_out_fpir(s, strangers, args.target_fpir)  # 2-fold over the stranger identities
     doc = {"model": args.model, "data": str(args.data), "seed": args.seed, "gallery_identities": len(enrolled),
            "gallery_images": len(g_paths), "mated_searches": int(s.mated.sum()),
            "non_mated_searches": int((~s.mated).sum()), "target_fpir": args.target_fpir, "threshold": thr,
            "fpir": cal["achieved"]["fpir"], "fnir_rank1": fnir(s, thr), "dir_rank1": 1 - fnir(s, thr),
-           "held_out_fpir_2fold": float(np.mean(held)), "flip_tta": fm.spec.flip_tta, "align": fm.spec.align}
+           "held_out_fpir_2fold": held, "flip_tta": fm.spec.flip_tta, "align": fm.spec.align}
     write_json(Path(args.out) / f"lfw_1n_{args.model}.json", doc)
     print(f"{args.model}: 1:N threshold {thr:.4f} at FPIR {args.target_fpir:g} (gallery {len(enrolled)} LFW identities "
           f"x 3 images, {doc['mated_searches']} mated / {doc['non_mated_searches']} stranger searches); "

@@ -21,13 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from facelab.config import load_config
 from facelab.engine import train
 from facelab.errors import FacelabError
 from facelab.evaluation.calibration import calibrate, gallery_searches
-from facelab.evaluation.identification import CALIBRATION_MARGIN, Searches, fpir, threshold_at_fpir
+from facelab.evaluation.identification import held_out_fpir
 from facelab.evaluation.pairs import validation_pairs
 from facelab.evaluation.protocol import evaluate
 from facelab.inference.model import load_model
@@ -58,28 +56,6 @@ class FitReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _subset(s: Searches, rows: np.ndarray) -> Searches:
-    return Searches(s.identities, s.scores[rows], s.mate[rows])
-
-
-def held_out_fpir(s: Searches, stranger_names: list[str], target: float) -> float | None:
-    """Mean FPIR over two folds of the stranger identities: threshold at ``target`` on one half's non-mated
-    searches (plus all mated ones), FPIR measured on the other half's. None with fewer than 2 strangers."""
-    names = sorted(set(stranger_names))
-    if len(names) < 2:
-        return None
-    halves = [set(names[0::2]), set(names[1::2])]
-    non = np.nonzero(~s.mated)[0]
-    label = np.array(stranger_names)
-    rates = []
-    for cal, test in ((halves[0], halves[1]), (halves[1], halves[0])):
-        cal_rows = np.r_[np.nonzero(s.mated)[0], non[np.isin(label, list(cal))]]
-        test_rows = non[np.isin(label, list(test))]
-        thr = threshold_at_fpir(_subset(s, cal_rows), target, CALIBRATION_MARGIN)
-        rates.append(fpir(_subset(s, test_rows), thr) * len(test_rows))
-    return float(sum(rates) / len(non))
 
 
 def fit(data: str | Path, out: str | Path, *, config: str | Path | None = None, overrides: list[str] | None = None,

@@ -92,18 +92,14 @@ def fit_verifier(model: Any, pairs_file: str | Path | Sequence[str | Path], data
         FacelabError: an unlabelled or unreadable pair list, an unusable image, a bad ``target_far``.
     """
     from facelab.errors import FacelabError
-    from facelab.evaluation.pairs import read_pairs, score_pairs
-    from facelab.inference.model import load_model, unit
+    from facelab.evaluation.pairs import embed_pair_list, score_pairs
+    from facelab.inference.model import unit
 
     if not 0 < target_far < 1:
         raise FacelabError(f"target FAR must be in (0, 1), got {target_far}")
-    pairs = read_pairs(pairs_file, data_root, fmt, folds)
-    pairs.require_images()
-    if pairs.labels is None:
-        raise FacelabError(f"{pairs.source}: the pair list has no labels, so no verifier can be fitted on it")
-    fm = load_model(model)
-    emb = unit(fm.embedder(progress=not quiet, cache=True, flip=flip).embed_all(pairs.images,
-                                                                                 desc=f"embed {pairs.name}"))
+    pairs, fm, _, raw = embed_pair_list(model, pairs_file, data_root, fmt, folds=folds, require_labels=True,
+                                        flip=flip, quiet=quiet)
+    emb = unit(raw)  # the verifier scores what FaceModel.verify compares: unit-length embeddings
     results = score_pairs(emb, pairs, ("cosine", "deepface"), far_targets=(target_far,))
     point = results["deepface"]["report"]["tar_at_far"][0]
     kfold = {name: results[name]["kfold"] for name in ("deepface", "cosine")}

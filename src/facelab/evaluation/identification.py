@@ -140,6 +140,32 @@ def threshold_at_fpir(s: Searches, target: float, margin: float = 0.0) -> float:
     return t
 
 
+def _subset(s: Searches, rows: np.ndarray) -> Searches:
+    """The searches of ``rows`` only."""
+    return Searches(s.identities, s.scores[rows], s.mate[rows])
+
+
+def held_out_fpir(s: Searches, stranger_names: list[str], target: float) -> float | None:
+    """FPIR on strangers the threshold was not calibrated on: the stranger identities (``stranger_names``, one per
+    non-mated search, in row order) are split in two halves; the calibrated threshold at ``target`` (with
+    :data:`CALIBRATION_MARGIN`) is chosen on one half's non-mated searches plus all mated ones and its FPIR measured
+    on the other half's, both ways; the alarms of both halves over all non-mated searches. None with fewer than 2
+    stranger identities."""
+    names = sorted(set(stranger_names))
+    if len(names) < 2:
+        return None
+    halves = [set(names[0::2]), set(names[1::2])]
+    non = np.nonzero(~s.mated)[0]
+    label = np.array(stranger_names)
+    rates = []
+    for cal, test in ((halves[0], halves[1]), (halves[1], halves[0])):
+        cal_rows = np.r_[np.nonzero(s.mated)[0], non[np.isin(label, list(cal))]]
+        test_rows = non[np.isin(label, list(test))]
+        thr = threshold_at_fpir(_subset(s, cal_rows), target, CALIBRATION_MARGIN)
+        rates.append(fpir(_subset(s, test_rows), thr) * len(test_rows))
+    return float(sum(rates) / len(non))
+
+
 def dir_at_fpir(s: Searches, target: float, rank: int = 1) -> OpenSetPoint:
     thr = threshold_at_fpir(s, target)
     miss = fnir(s, thr, rank)

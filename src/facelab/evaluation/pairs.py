@@ -43,6 +43,7 @@ from facelab.evaluation.metrics import (
 from facelab.evaluation.report import default_report_dir, write_verification_report
 from facelab.evaluation.scorers import PairScorer, build_scorer
 from facelab.images import ImageInput
+from facelab.inference.embedder import Embedder
 from facelab.inference.model import FaceModel, load_model
 from facelab.registry import Registry
 from facelab.utils.textfile import (
@@ -540,6 +541,26 @@ def score_pairs(emb: np.ndarray, pairs: PairList, scorers: tuple[str, ...] = DEF
     return results
 
 
+def embed_pair_list(model: str | Path | FaceModel, pairs_file: str | Path | Sequence[str | Path],
+                    data_root: str | Path | None = None, fmt: str | None = None, *, folds: int = 10,
+                    require_labels: bool = False, device: str | None = None, flip: bool | None = None,
+                    cache: bool = True, quiet: bool = False) -> tuple[PairList, FaceModel, Embedder, np.ndarray]:
+    """Read a pair list, check that its images exist (and, with ``require_labels``, that it is labelled) before the
+    model is loaded, then embed every image once. Returns (pairs, model, embedder, raw (N, D) float32 embeddings
+    in the order of ``pairs.images``).
+
+    Raises:
+        FacelabError: an unreadable list, missing images, no labels when required, an unusable image.
+    """
+    pairs = read_pairs(pairs_file, data_root, fmt, folds)
+    pairs.require_images()  # a wrong --data is one error now, not a failure after embedding half the list
+    if require_labels and pairs.labels is None:
+        raise FacelabError(f"{pairs.source}: the pair list has no labels (same/different), which this needs")
+    fm = load_model(model, device=device)
+    embedder = fm.embedder(progress=not quiet, cache=cache, flip=flip)
+    return pairs, fm, embedder, embedder.embed_all(pairs.images, desc=f"embed {pairs.name}")
+
+
 def evaluate_pairs(model: str | Path | FaceModel, pairs_file: str | Path | Sequence[str | Path],
                    data_root: str | Path | None = None, fmt: str | None = None,
                    scorers: tuple[str, ...] = DEFAULT_SCORERS, far_targets: tuple[float, ...] = DEFAULT_FAR_TARGETS,
@@ -549,11 +570,8 @@ def evaluate_pairs(model: str | Path | FaceModel, pairs_file: str | Path | Seque
     reports. ``model`` is any model reference (run, checkpoint, bundle, pretrained name); ``pairs_file`` may be
     several files read as one list (:func:`read_pairs`). The list is read and its images checked to exist before
     the model is loaded."""
-    pairs = read_pairs(pairs_file, data_root, fmt, folds)
-    pairs.require_images()  # a wrong --data is one error now, not a failure after embedding half the list
-    fm = load_model(model, device=device)
-    embedder = fm.embedder(progress=not quiet, cache=cache, flip=flip)
-    emb = embedder.embed_all(pairs.images, desc=f"embed {pairs.name}")
+    pairs, fm, embedder, emb = embed_pair_list(model, pairs_file, data_root, fmt, folds=folds, device=device,
+                                               flip=flip, cache=cache, quiet=quiet)
     results = score_pairs(emb, pairs, scorers, far_targets)
     meta = {"name": pairs.name, "pairs_file": " ".join(str(f) for f in pairs.files), "model": fm.ref or fm.source,
             "model_kind": fm.kind, "backbone": fm.architecture.get("backbone"), "align": fm.spec.align,

@@ -176,23 +176,21 @@ class FaceModel:
         Raises:
             FacelabError: an unknown scorer, a deepface request to a model without a verifier, no face found.
         """
-        if scorer not in ("cosine", *VERIFIER_KINDS):
-            raise FacelabError(f"unknown scorer {scorer!r}; use cosine or {', '.join(VERIFIER_KINDS)}")
-        if scorer != "cosine":
-            v = self.require_verifier(scorer)
-            if target_far is not None:
-                raise FacelabError(f"--target-far applies to the cosine threshold; the {scorer} verifier has one "
-                                   f"threshold (give --threshold to override it)")
-        else:
+        if scorer == "cosine":
             t = self.threshold(VERIFICATION, threshold, target_far)
+            fa, fb = self.embed_face(a), self.embed_face(b)
+            score = float(np.clip(np.dot(fa.embedding, fb.embedding), -1.0, 1.0))
+            return Verification(score, t.value, t.source, score >= t.value, (fa, fb))
+        if scorer not in VERIFIER_KINDS:
+            raise FacelabError(f"unknown scorer {scorer!r}; use cosine or {', '.join(VERIFIER_KINDS)}")
+        v = self.require_verifier(scorer)
+        if target_far is not None:
+            raise FacelabError(f"--target-far applies to the cosine threshold; the {scorer} verifier has one "
+                               f"threshold (give --threshold to override it)")
         fa, fb = self.embed_face(a), self.embed_face(b)
-        if scorer != "cosine":
-            score = float(v.score(fa.embedding[None], fb.embedding[None])[0])
-            value = v.threshold if threshold is None else float(threshold)
-            source = f"{scorer} verifier: {v.source}" if threshold is None else "given"
-            return Verification(score, value, source, score >= value, (fa, fb))
-        score = float(np.clip(np.dot(fa.embedding, fb.embedding), -1.0, 1.0))
-        return Verification(score, t.value, t.source, score >= t.value, (fa, fb))
+        score = float(v.score(fa.embedding[None], fb.embedding[None])[0])
+        value, source = (v.threshold, f"{scorer} verifier: {v.source}") if threshold is None else (threshold, "given")
+        return Verification(score, float(value), source, score >= value, (fa, fb))
 
     def require_verifier(self, kind: str) -> ChiSquareVerifier:
         """The stored learned verifier of ``kind``, or a FacelabError saying how to get one."""
