@@ -10,31 +10,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from runs_support import untrained_run
 from sklearn.metrics import roc_auc_score
 
 from facelab.cli import main
-from facelab.config import load_config, to_dict
-from facelab.data import make_split, scan_folder
 from facelab.evaluation import hw2p2
 from facelab.evaluation.pairs import evaluate_pairs, write_pairs_csv
 from facelab.inference.model import load_model
-from facelab.runs import build_model_and_loss, save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, orl_root: Path) -> Path:
     """An untrained 32-pixel ResNet checkpoint on ORL (30 training identities, 10 unseen): fast, deterministic."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, ["data.input_size=32", "model.width=8", "model.embedding_dim=16",
-                             f"data.root={orl_root}", "data.split.open_identities=10", "eval.flip_tta=false"])
-    manifest = make_split(scan_folder(orl_root, verify=False), cfg.data.split)
-    torch.manual_seed(0)
-    backbone, loss = build_model_and_loss(cfg, manifest.num_classes)
-    save_checkpoint(out / "checkpoint.pt", {"epoch": 1, "config": to_dict(cfg), "manifest": manifest.to_dict(),
-                                            "model": backbone.state_dict(), "loss": loss.state_dict(),
-                                            "optimizer": {}, "scheduler": {}, "history": []})
-    return out
+    return untrained_run(tmp_path_factory.mktemp("run"), orl_root, [
+        "data.input_size=32", "model.width=8", "model.embedding_dim=16", "data.split.open_identities=10",
+        "eval.flip_tta=false"])
 
 
 def _copy(orl_root: Path, dst: Path, ident: str, nums: list[int], name: str | None = None) -> list[Path]:

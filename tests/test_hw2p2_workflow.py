@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from runs_support import untrained_run
 
 from facelab.cli import main
 from facelab.config import SplitConfig, load_config, to_dict
@@ -115,26 +116,18 @@ def test_hw2p2_submission_labels_are_image_folder_labels(orl_root: Path, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def untrained_run(tmp_path_factory: pytest.TempPathFactory, orl_root: Path) -> Path:
+def untrained_orl_run(tmp_path_factory: pytest.TempPathFactory, orl_root: Path) -> Path:
     """An untrained checkpoint on ORL (30 training identities, 10 unseen): fast and deterministic."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, [*TINY, f"data.root={orl_root}", "data.split.open_identities=10"])
-    manifest = make_split(scan_folder(orl_root, verify=False), cfg.data.split)
-    torch.manual_seed(0)
-    backbone, loss = build_model_and_loss(cfg, manifest.num_classes)
-    save_checkpoint(out / "checkpoint.pt", {"epoch": 1, "config": to_dict(cfg), "manifest": manifest.to_dict(),
-                                            "model": backbone.state_dict(), "loss": loss.state_dict(),
-                                            "optimizer": {}, "scheduler": {}, "history": []})
-    return out
+    return untrained_run(tmp_path_factory.mktemp("run"), orl_root, [*TINY, "data.split.open_identities=10"])
 
 
-def test_classify_index_labels_follow_image_folder_not_the_run(untrained_run: Path, orl_root: Path,
+def test_classify_index_labels_follow_image_folder_not_the_run(untrained_orl_run: Path, orl_root: Path,
                                                                tmp_path: Path) -> None:
     from torchvision.datasets import ImageFolder
 
     from facelab.evaluation import hw2p2
 
-    fm = load_model(untrained_run)
+    fm = load_model(untrained_orl_run)
     test = tmp_path / "test" / "images"  # test/<one folder>/ is read through
     test.mkdir(parents=True)
     for ident in fm.run.manifest.classes[:6]:
@@ -148,14 +141,14 @@ def test_classify_index_labels_follow_image_folder_not_the_run(untrained_run: Pa
         [class_to_idx[r["label"]] for r in _rows(tmp_path / "names.csv")]
 
 
-def test_pairs_format_hw2p2_on_the_command_line(untrained_run: Path, orl_root: Path, tmp_path: Path) -> None:
+def test_pairs_format_hw2p2_on_the_command_line(untrained_orl_run: Path, orl_root: Path, tmp_path: Path) -> None:
     lines = [f"s3{i}/{j}.pgm s3{i}/{j + 5}.pgm 1" for i in range(1, 9) for j in (1, 2)]
     lines += [f"s3{i}/{j}.pgm s3{i + 1}/{j}.pgm 0" for i in range(1, 9) for j in (1, 2)]
     order = np.random.default_rng(0).permutation(len(lines))
     (tmp_path / "verification_pairs_val.txt").write_text("\n".join(lines[i] for i in order) + "\n")
     pl = read_pairs(tmp_path / "verification_pairs_val.txt", orl_root, "hw2p2", folds=4)
     assert len(pl) == 32 and int(pl.labels.sum()) == 16
-    assert main(["pairs", str(untrained_run), "--pairs", str(tmp_path / "verification_pairs_val.txt"), "--format",
+    assert main(["pairs", str(untrained_orl_run), "--pairs", str(tmp_path / "verification_pairs_val.txt"), "--format",
                  "hw2p2", "--data", str(orl_root), "--scores", "cosine", "--folds", "4", "--out",
                  str(tmp_path / "rep"), "--quiet", "--no-cache"]) == 0
     assert (tmp_path / "rep" / "pairs.json").is_file()
