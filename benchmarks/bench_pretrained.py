@@ -54,11 +54,16 @@ from facelab.pretrained import load
 from facelab.utils.io import atomic_open, write_json
 
 
+def same_sources(keys: np.ndarray, sources: list) -> bool:
+    """Whether a crop cache's ``keys`` name ``sources`` (paths compared resolved: ../shared and /work/shared agree)."""
+    return [str(Path(k).resolve()) for k in keys.tolist()] == [str(Path(s).resolve()) for s in sources]
+
+
 def aligned_crops(sources: list, spec: InputSpec, cache: Path) -> tuple[np.ndarray, dict[str, int]]:
     """(N, S, S, 3) uint8 RGB crops of ``sources`` (cached in ``cache``) and the count of each crop method."""
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            if z["keys"].tolist() == [str(s) for s in sources]:
+            if same_sources(z["keys"], sources):
                 return z["crops"], json.loads(str(z["methods"]))
     crops = np.zeros((len(sources), spec.input_size, spec.input_size, 3), np.uint8)
     methods: dict[str, int] = {}

@@ -86,7 +86,7 @@ def lfw_accuracy(run: Path | None, crops_file: Path, pairs_file: str, data: str,
     model = load_model(str(run) if run is not None else "sface", device="cpu")
     pairs = read_pairs(pairs_file, data)
     with np.load(crops_file, allow_pickle=False) as z:
-        assert z["keys"].tolist() == [str(s) for s in pairs.images], "crops cached for another pair list"
+        assert bench_pretrained.same_sources(z["keys"], pairs.images), f"{crops_file} holds crops of another pair list"
         crops = z["crops"]
     if folds:
         keep = pairs.folds < folds
@@ -118,6 +118,9 @@ def main() -> None:
     p.add_argument("--lfw-no-flip", action="store_true")
     p.add_argument("--forgetting-only", metavar="RUN", help="only the LFW check, for an existing fine-tuned run")
     args = p.parse_args()
+    from facelab.utils.allocator import tune_allocator
+
+    tune_allocator("batch")  # what every facelab command but serve does; the LFW check embeds in this process
     pipeline = "facelab.faces (YuNet, 5-point ArcFace template)"
     out = Path(args.out)
     if args.forgetting_only:

@@ -21,6 +21,7 @@ from facelab.engine.finetune import (
     FinetuneSchedule,
     InitModel,
     apply_init,
+    interpolate_weights,
     resolve_init,
     scale_backbone_lr,
     validate_init,
@@ -98,9 +99,35 @@ def test_backbone_learning_rate_multiplier_survives_the_schedule() -> None:
 
 def test_validate_init() -> None:
     validate_init(InitConfig(model="sface"))
-    for bad in ({"backbone_lr": -1.0}, {"freeze_epochs": -0.5}, {"distill": -1.0}):
+    for bad in ({"backbone_lr": -1.0}, {"freeze_epochs": -0.5}, {"distill": -1.0}, {"interpolate": 1.5},
+                {"interpolate": -0.1}):
         with pytest.raises(FacelabError, match=next(iter(bad))):
             validate_init(InitConfig(model="sface", **bad))  # type: ignore[arg-type]
+
+
+# -- WiSE-FT interpolation ------------------------------------------------------------------------------------------
+def test_interpolate_weights_is_the_wise_ft_formula_in_float64() -> None:
+    rng = np.random.default_rng(0)
+    init = {"w": torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32),
+            "bn.running_var": torch.tensor(rng.uniform(0.5, 2, 3), dtype=torch.float32),
+            "bn.num_batches_tracked": torch.tensor(5)}
+    tuned = {"w": torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32),
+             "bn.running_var": torch.tensor(rng.uniform(0.5, 2, 3), dtype=torch.float32),
+             "bn.num_batches_tracked": torch.tensor(90)}
+    for alpha in (0.0, 0.25, 0.7, 1.0):
+        out = interpolate_weights(init, tuned, alpha)
+        for k in ("w", "bn.running_var"):  # (1 - a) * init + a * tuned, in float64
+            ref = (1 - alpha) * init[k].double().numpy() + alpha * tuned[k].double().numpy()
+            np.testing.assert_allclose(out[k].double().numpy(), ref, rtol=0, atol=1e-6)
+            assert out[k].dtype == torch.float32
+        assert out["bn.num_batches_tracked"].item() == 90  # integer buffers are not mixed
+    assert torch.equal(interpolate_weights(init, tuned, 0.0)["w"], init["w"])
+    assert torch.equal(interpolate_weights(init, tuned, 1.0)["w"], tuned["w"])
+    assert torch.equal(interpolate_weights(init, init, 0.3)["w"], init["w"])  # nothing learnt: exactly the init
+    with pytest.raises(FacelabError, match="differ in 1 tensors"):
+        interpolate_weights(init, {**tuned, "extra": torch.zeros(1)}, 0.5)
+    with pytest.raises(FacelabError, match="w is"):
+        interpolate_weights(init, {**tuned, "w": torch.zeros(2, 2)}, 0.5)
 
 
 # -- init resolution ------------------------------------------------------------------------------------------------
@@ -220,5 +247,19 @@ def test_fine_tuning_a_run_starts_from_it_freezes_resumes_and_evaluates(small_fa
     assert done["epoch"] == 2
     moved = [k for k, v in init_state.items() if v.is_floating_point() and not torch.equal(done["model"][k], v)]
     assert moved and not any("running" in k for k in moved)  # conv weights moved, BN statistics did not
+    # the kept model is the WiSE-FT mix of the trained weights with the init model's (init.interpolate)
+    alpha = done["config"]["init"]["interpolate"]
+    assert 0 < alpha < 1
+    for k in moved:
+        torch.testing.assert_close(done["model"][k], init_state[k] + alpha * (done["train_model"][k] - init_state[k]))
+        torch.testing.assert_close(done["init_weights"][k], init_state[k], rtol=0, atol=0)
+    # training resumed from the raw weights, not the kept mix: the same as two epochs in one go
+    straight = tmp_path / "ft_straight"
+    train(load_config(overrides=[f"data.root={other}", f"out_dir={straight}", f"init.model={base}",
+                                 "init.freeze_epochs=1", "init.distill=1.0", "optim.epochs=2", "data.batch_size=8",
+                                 "loss.name=arcface", "data.split.open_identities=2", "threads=1"]), quiet=True)
+    whole = load_checkpoint(straight)
+    for k in moved:
+        torch.testing.assert_close(done["train_model"][k], whole["train_model"][k])
     metrics = evaluate(out, quiet=True)
     assert "open_set" in metrics and "closed_set" in metrics

@@ -212,6 +212,9 @@ class InitConfig:
     freeze_bn: bool = True
     #: weight of the ``distill`` loss (1 - cosine to the init model's embeddings of the same images), 0 = off
     distill: float = 1.0
+    #: WiSE-FT mixing coefficient: the model a run keeps (checkpoint, eval, bundle) is ``init + interpolate x
+    #: (trained - init)`` in weight space; 1 = the fine-tuned weights as trained, 0 = the init model unchanged
+    interpolate: float = 0.25
     #: data.align while fine-tuning: "auto" = the init model's (yunet for the pretrained ones), "none" = the folder
     #: holds face crops aligned already, or a detector name
     align: str = "auto"

@@ -45,6 +45,7 @@ from facelab.engine.finetune import (
     InitModel,
     apply_init,
     distill_targets,
+    interpolate_weights,
     resolve_init,
     scale_backbone_lr,
     validate_init,
@@ -385,9 +386,9 @@ class _Run:
         improved = False
         if self.validator is not None:
             model = self.backbone
-            if self.ema is not None:  # evaluation reads the average: validate what best.pt will hold
+            if self.ema is not None or self.init_weights is not None:  # validate what best.pt will hold
                 model = copy.deepcopy(self.backbone)
-                model.load_state_dict(self.ema.state_dict())
+                model.load_state_dict(self._kept_state())
             sharded_ddp = bool(self.sharded) and self.ctx.enabled  # each rank holds a slice of the class head
             record.update(self.validator(model, None if sharded_ddp else self.loss_fn))
             improved = self.best.update(epoch, record.get(self.best.metric))
@@ -404,6 +405,7 @@ class _Run:
         else:
             start = self.init_model.module.state_dict() if self.init_model is not None else None
         backbone, loss_fn = build_model_and_loss(cfg, self.manifest.num_classes, start)
+        self.init_weights = self._init_weights(state, start)
         if cfg.train.sync_bn and ctx.enabled:
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
         backbone.to(device)
@@ -482,6 +484,29 @@ class _Run:
         self.start_epoch, self.global_step, self.batches_done = 0, 0, 0
         self.partial: dict[str, Any] | None = None
 
+    def _init_weights(self, state: dict[str, Any] | None,
+                      start: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """The init model's backbone weights that ``init.interpolate`` < 1 mixes into the kept model (None when
+        not fine-tuning or interpolate is 1): from the checkpoint on resume, else the weights training starts
+        from, else the init model reopened (a run resumed with a new interpolate)."""
+        cfg = self.cfg
+        if not cfg.init.model or cfg.init.interpolate >= 1.0:
+            return None
+        if state is not None and "init_weights" in state:
+            return state["init_weights"]
+        if state is None and start is not None:
+            return {k: v.detach().to("cpu", copy=True) for k, v in start.items()}
+        return resolve_init(cfg.init.model, cfg.init.accept_licence).module.state_dict()
+
+    def _kept_state(self) -> dict[str, torch.Tensor]:
+        """The backbone weights the run keeps (checkpoint ``model``: validation, eval, export, bundles): the EMA
+        average with optim.ema, moved towards the init model by init.interpolate when fine-tuning
+        (:func:`facelab.engine.finetune.interpolate_weights`). Training itself goes on from the raw weights."""
+        weights = self.ema.state_dict() if self.ema is not None else self.backbone.state_dict()
+        if self.init_weights is not None:
+            weights = interpolate_weights(self.init_weights, weights, self.cfg.init.interpolate)
+        return weights
+
     def _setup_finetune(self, loss_fn: nn.Module) -> None:
         """The distillation targets (init.distill, or a main loss that takes targets) and the fine-tune schedule."""
         cfg = self.cfg
@@ -543,7 +568,9 @@ class _Run:
                 group["lr"] = base * factor(self.scheduler.last_epoch)
             self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # type: ignore[attr-defined]
         if self.ema is not None:
-            if "train_model" in state:
+            if "ema" in state:
+                self.ema.load(state["ema"], int(state.get("ema_updates", 0)))
+            elif "train_model" in state and "init_weights" not in state:  # checkpoints before init.interpolate
                 self.ema.load(state["model"], int(state.get("ema_updates", 0)))
             else:  # EMA switched on for a run that had none: start averaging from the current weights
                 self.ema.load(self.backbone.state_dict(), 0)
@@ -579,7 +606,7 @@ class _Run:
             "rng": rng,
             "config": to_dict(self.cfg),
             "manifest": self.manifest.to_dict(),
-            "model": self.backbone.state_dict(),
+            "model": self._kept_state(),
             "loss": loss_state,
             "optimizer": opt_state,
             "scheduler": self.scheduler.state_dict(),
@@ -588,9 +615,13 @@ class _Run:
         }
         if self.best is not None:
             state["best"] = self.best.state()
-        if self.ema is not None:  # evaluation reads "model": give it the average, keep the raw weights to resume
-            state.update(model=self.ema.state_dict(), train_model=self.backbone.state_dict(),
-                         ema_updates=self.ema.updates)
+        # evaluation reads "model" (the kept weights); training resumes from the raw ones
+        if self.ema is not None or self.init_weights is not None:
+            state["train_model"] = self.backbone.state_dict()
+        if self.ema is not None:
+            state.update(ema=self.ema.state_dict(), ema_updates=self.ema.updates)
+        if self.init_weights is not None:
+            state["init_weights"] = self.init_weights
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         if best:
