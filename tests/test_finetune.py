@@ -228,9 +228,9 @@ def test_fine_tuning_a_run_starts_from_it_freezes_resumes_and_evaluates(small_fa
     for ident in sorted(p.name for p in small_faces.iterdir())[:6]:
         shutil.copytree(small_faces / ident, other / ident)
     out = tmp_path / "ft"
-    cfg = load_config(overrides=[f"data.root={other}", f"out_dir={out}", f"init.model={base}", "init.freeze_epochs=1",
-                                 "init.distill=1.0", "optim.epochs=2", "data.batch_size=8", "loss.name=arcface",
-                                 "data.split.open_identities=2", "threads=1"])
+    recipe = [f"data.root={other}", f"init.model={base}", "init.freeze_epochs=1", "init.distill=1.0", "optim.epochs=2",
+              "data.batch_size=8", "loss.name=arcface", "data.split.open_identities=2", "threads=1"]
+    cfg = load_config(overrides=[*recipe, f"out_dir={out}"])
     train(cfg, quiet=True, stop_after_epochs=1)
     after_frozen = load_checkpoint(out)
     assert after_frozen["config"]["model"]["backbone"] == "mobilefacenet"
@@ -255,9 +255,7 @@ def test_fine_tuning_a_run_starts_from_it_freezes_resumes_and_evaluates(small_fa
         torch.testing.assert_close(done["init_weights"][k], init_state[k], rtol=0, atol=0)
     # training resumed from the raw weights, not the kept mix: the same as two epochs in one go
     straight = tmp_path / "ft_straight"
-    train(load_config(overrides=[f"data.root={other}", f"out_dir={straight}", f"init.model={base}",
-                                 "init.freeze_epochs=1", "init.distill=1.0", "optim.epochs=2", "data.batch_size=8",
-                                 "loss.name=arcface", "data.split.open_identities=2", "threads=1"]), quiet=True)
+    train(load_config(overrides=[*recipe, f"out_dir={straight}"]), quiet=True)
     whole = load_checkpoint(straight)
     for k in moved:
         torch.testing.assert_close(done["train_model"][k], whole["train_model"][k])
